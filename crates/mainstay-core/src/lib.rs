@@ -1,0 +1,14 @@
+//! Shared plumbing for Mainstay crates: unguessable ids, the wall clock, human durations
+//! and the configuration types that the library crates, the server and the CLI share.
+//!
+//! Nothing here implements a pattern; it exists so that no two crates grow their own copy
+//! of the same helper. Time that drives protocol decisions inside a crate comes from
+//! `tokio::time` (so tests can pause it); [`clock::now_ms`] is only for values that
+//! cross process boundaries (lease expiry stamps stored in a shared database).
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod clock;
+pub mod config;
+pub mod duration;
+pub mod id;

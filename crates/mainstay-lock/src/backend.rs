@@ -1,0 +1,142 @@
+//! The backend trait every engine implements, and the polling wait used by engines without
+//! a native queue.
+
+use crate::error::LockError;
+use crate::lease::{Holder, Lease, LockName};
+use async_trait::async_trait;
+use mainstay_core::config::BackendKind;
+use rand::Rng;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// The outcome of one acquire attempt.
+#[derive(Debug)]
+pub enum TryAcquire {
+    /// The lock is ours.
+    Acquired(Lease),
+    /// Someone else holds it (the holder, when known).
+    Held(Option<Holder>),
+}
+
+/// One lock engine. Implementations must make `try_acquire` atomic (grant at most one
+/// live lease per name) and issue fencing tokens that strictly increase per name.
+///
+/// Callers go through [`crate::LockClient`], which validates input, measures local
+/// deadlines and refuses token regressions; backends may assume valid arguments.
+#[async_trait]
+pub trait LockBackend: Send + Sync + 'static {
+    /// Which engine this is.
+    fn kind(&self) -> BackendKind;
+
+    /// One attempt: grant `name` to `lease_id` for `ttl`, or report the holder.
+    async fn try_acquire(
+        &self,
+        name: &LockName,
+        lease_id: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<TryAcquire, LockError>;
+
+    /// Waits up to `wait` for the lock. The default polls [`Self::try_acquire`] with jittered
+    /// backoff, woken early by releases in this process; FIFO engines override it.
+    async fn acquire(
+        &self,
+        name: &LockName,
+        lease_id: &str,
+        owner: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<TryAcquire, LockError> {
+        poll_acquire(self, name, lease_id, owner, ttl, wait).await
+    }
+
+    /// Extends the lease to `ttl` from now; `None` when `lease_id` does not hold the lock.
+    async fn extend(
+        &self,
+        name: &LockName,
+        lease_id: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, LockError>;
+
+    /// Releases the lock if `lease_id` holds it; `false` when it did not (already released,
+    /// expired, or not the owner). Idempotent.
+    async fn release(&self, name: &LockName, lease_id: &str) -> Result<bool, LockError>;
+
+    /// The current holder, if any.
+    async fn holder(&self, name: &LockName) -> Result<Option<Holder>, LockError>;
+
+    /// Notified on every release made through this backend value; lets pollers in the same
+    /// process wake at once instead of waiting for their next poll.
+    fn release_signal(&self) -> Option<&Notify> {
+        None
+    }
+}
+
+/// First poll delay; doubles up to [`MAX_POLL`], each delay jittered to 50–100%.
+const FIRST_POLL: Duration = Duration::from_millis(2);
+const MAX_POLL: Duration = Duration::from_millis(100);
+
+/// The generic wait: try, then sleep (jittered backoff, capped by the holder's expiry and
+/// the remaining wait), woken early by in-process releases. Not FIFO.
+pub(crate) async fn poll_acquire<B: LockBackend + ?Sized>(
+    backend: &B,
+    name: &LockName,
+    lease_id: &str,
+    owner: &str,
+    ttl: Duration,
+    wait: Duration,
+) -> Result<TryAcquire, LockError> {
+    let deadline = Instant::now() + wait;
+    let mut delay = FIRST_POLL;
+    loop {
+        // Register interest before trying so a release between the try and the sleep wakes us.
+        let notified = backend.release_signal().map(|n| n.notified());
+        let mut notified = notified.map(Box::pin);
+        if let Some(n) = notified.as_mut() {
+            n.as_mut().enable();
+        }
+        let attempt = match backend.try_acquire(name, lease_id, owner, ttl).await {
+            // A transient failure (unreachable backend, no Redlock quorum) is retried while
+            // the wait lasts; the last error is returned when it runs out.
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                tracing::debug!(lock = %name, error = %e, "acquire attempt failed; retrying");
+                Err(e)
+            }
+            Err(e) => return Err(e),
+            Ok(outcome) => Ok(outcome),
+        };
+        match attempt {
+            Err(_) => {
+                let sleep = delay.mul_f64(rand::rng().random_range(0.5..=1.0));
+                tokio::time::sleep_until((Instant::now() + sleep).min(deadline)).await;
+                delay = (delay * 2).min(MAX_POLL);
+            }
+            Ok(TryAcquire::Acquired(lease)) => return Ok(TryAcquire::Acquired(lease)),
+            Ok(TryAcquire::Held(holder)) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Ok(TryAcquire::Held(holder));
+                }
+                let mut sleep = delay.mul_f64(rand::rng().random_range(0.5..=1.0));
+                if let Some(h) = &holder {
+                    let until_expiry = h
+                        .expires_at_ms
+                        .saturating_sub(mainstay_core::clock::now_ms());
+                    sleep = sleep.min(Duration::from_millis(until_expiry + 1));
+                }
+                let wake = (now + sleep).min(deadline);
+                match notified {
+                    Some(n) => {
+                        tokio::select! {
+                            _ = n => {}
+                            _ = tokio::time::sleep_until(wake) => {}
+                        }
+                    }
+                    None => tokio::time::sleep_until(wake).await,
+                }
+                delay = (delay * 2).min(MAX_POLL);
+            }
+        }
+    }
+}

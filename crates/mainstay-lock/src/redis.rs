@@ -1,0 +1,308 @@
+//! Single-instance Redis backend (seed: `SET NX PX` + owner-checked release/extend).
+//!
+//! A lock is a hash `{prefix}lock:{name}` (lease id, owner, token) with a `PEXPIRE` ttl;
+//! grant, extend and release are Lua scripts, so each check-and-act is atomic. The fencing
+//! counter `{prefix}fence:{name}` never expires and survives release.
+//!
+//! **Tokens across a Redis restart.** A Redis without persistence loses the counter. The
+//! counter is therefore created (`SET NX`) at the server's current `TIME` in microseconds
+//! and incremented from there: after a data loss it is re-seeded at the new time, which is
+//! above every token issued before as long as (a) the Redis host's clock did not step back
+//! across the restart and (b) fewer than one grant per microsecond was issued per name on
+//! average — a single Redis cannot run grants that fast. [`crate::LockClient`] additionally
+//! refuses any token not above one it has seen. Tokens are therefore large numbers.
+//!
+//! Guarantees: mutual exclusion while that one Redis runs and keeps its data. Not
+//! guaranteed: anything across a failover to a replica (asynchronous replication can lose
+//! the grant: two holders), nor across clock jumps on the Redis host (TTLs use its wall
+//! clock). Without a fenced resource this is an **efficiency lock**.
+
+use crate::backend::{LockBackend, TryAcquire};
+use crate::error::LockError;
+use crate::lease::{Holder, Lease, LockName};
+use async_trait::async_trait;
+use mainstay_core::config::BackendKind;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+use std::sync::LazyLock;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Grant: `{granted, owner, token, expires_at_ms}`; when held, the holder's fields.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local h = redis.call('HMGET', KEYS[1], 'owner', 'token')
+  return {0, h[1] or '', tonumber(h[2] or '0'), now_ms + redis.call('PTTL', KEYS[1])}
+end
+redis.call('SET', KEYS[2], string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2])), 'NX')
+local token = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], 'lease', ARGV[1], 'owner', ARGV[2], 'token', string.format('%d', token))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {1, ARGV[2], token, now_ms + tonumber(ARGV[3])}
+",
+    )
+});
+
+static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[1] then return {0, '', 0, 0} end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local t = redis.call('TIME')
+local h = redis.call('HMGET', KEYS[1], 'owner', 'token')
+return {1, h[1], tonumber(h[2]), tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])}
+",
+    )
+});
+
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('HGET', KEYS[1], 'lease') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+",
+    )
+});
+
+static HOLDER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local h = redis.call('HMGET', KEYS[1], 'owner', 'token')
+if not h[1] then return {0, '', 0, 0} end
+local t = redis.call('TIME')
+return {1, h[1], tonumber(h[2]), tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + redis.call('PTTL', KEYS[1])}
+",
+    )
+});
+
+/// Raises the fence counter to at least ARGV[2] and stamps the lock with it, if ARGV[1]
+/// still holds the lock (Redlock's write-back round).
+static RAISE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[1] then return 0 end
+local c = tonumber(redis.call('GET', KEYS[2]) or '0')
+if c < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
+redis.call('HSET', KEYS[1], 'token', ARGV[2])
+return 1
+",
+    )
+});
+
+/// `{granted-or-present, owner, token, expires_at_ms}` as the scripts return it.
+pub(crate) type Reply = (i64, String, u64, u64);
+
+/// One Redis server with Mainstay's key layout; shared by the Redis and Redlock backends.
+#[derive(Clone)]
+pub(crate) struct RedisNode {
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+fn redis_err(e: impl std::fmt::Display) -> LockError {
+    LockError::backend("redis", e)
+}
+
+impl RedisNode {
+    /// Connects lazily (Redlock must start with some instances down) with short timeouts.
+    pub(crate) fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, LockError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| LockError::Config(format!("invalid Redis URL {url:?}: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(redis_err)?;
+        Ok(RedisNode {
+            conn,
+            prefix: prefix.to_string(),
+        })
+    }
+
+    fn keys(&self, name: &LockName) -> (String, String) {
+        (
+            format!("{}lock:{{{}}}", self.prefix, name),
+            format!("{}fence:{{{}}}", self.prefix, name),
+        )
+    }
+
+    pub(crate) async fn acquire(
+        &self,
+        name: &LockName,
+        lease_id: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Reply, LockError> {
+        let (lock, fence) = self.keys(name);
+        let mut conn = self.conn.clone();
+        ACQUIRE
+            .key(lock)
+            .key(fence)
+            .arg(lease_id)
+            .arg(owner)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_err)
+    }
+
+    pub(crate) async fn extend(
+        &self,
+        name: &LockName,
+        lease_id: &str,
+        ttl: Duration,
+    ) -> Result<Reply, LockError> {
+        let (lock, _) = self.keys(name);
+        let mut conn = self.conn.clone();
+        EXTEND
+            .key(lock)
+            .arg(lease_id)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_err)
+    }
+
+    pub(crate) async fn release(&self, name: &LockName, lease_id: &str) -> Result<bool, LockError> {
+        let (lock, _) = self.keys(name);
+        let mut conn = self.conn.clone();
+        let n: i64 = RELEASE
+            .key(lock)
+            .arg(lease_id)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_err)?;
+        Ok(n > 0)
+    }
+
+    pub(crate) async fn holder(&self, name: &LockName) -> Result<Option<Holder>, LockError> {
+        let (lock, _) = self.keys(name);
+        let mut conn = self.conn.clone();
+        let r: Reply = HOLDER
+            .key(lock)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_err)?;
+        Ok(reply_holder(r))
+    }
+
+    pub(crate) async fn raise(
+        &self,
+        name: &LockName,
+        lease_id: &str,
+        token: u64,
+    ) -> Result<bool, LockError> {
+        let (lock, fence) = self.keys(name);
+        let mut conn = self.conn.clone();
+        let n: i64 = RAISE
+            .key(lock)
+            .key(fence)
+            .arg(lease_id)
+            .arg(token)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_err)?;
+        Ok(n == 1)
+    }
+}
+
+pub(crate) fn reply_holder((present, owner, token, expires): Reply) -> Option<Holder> {
+    (present == 1).then_some(Holder {
+        owner,
+        fencing_token: token,
+        expires_at_ms: expires,
+    })
+}
+
+/// Locks on one Redis server.
+#[derive(Clone)]
+pub struct RedisBackend {
+    node: RedisNode,
+    released: std::sync::Arc<Notify>,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("prefix", &self.node.prefix)
+            .finish()
+    }
+}
+
+impl RedisBackend {
+    /// Connects to `url` (`redis://host:port/db`) using the key prefix `mainstay:`.
+    pub async fn connect(url: &str) -> Result<Self, LockError> {
+        Self::connect_with_prefix(url, "mainstay:").await
+    }
+
+    /// Connects with a custom key prefix (one keyspace per application or test).
+    pub async fn connect_with_prefix(url: &str, prefix: &str) -> Result<Self, LockError> {
+        let node = RedisNode::connect(url, prefix, Duration::from_secs(2))?;
+        // Fail fast on a wrong address rather than at the first lock call.
+        node.holder(&LockName::new("mainstay-connect-check")?)
+            .await?;
+        Ok(RedisBackend {
+            node,
+            released: Default::default(),
+        })
+    }
+}
+
+#[async_trait]
+impl LockBackend for RedisBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Redis
+    }
+
+    async fn try_acquire(
+        &self,
+        name: &LockName,
+        lease_id: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<TryAcquire, LockError> {
+        let sent = Instant::now();
+        let reply = self.node.acquire(name, lease_id, owner, ttl).await?;
+        if reply.0 == 1 {
+            return Ok(TryAcquire::Acquired(Lease::new(
+                name, lease_id, owner, reply.2, reply.3, ttl, sent,
+            )));
+        }
+        Ok(TryAcquire::Held(reply_holder((
+            1, reply.1, reply.2, reply.3,
+        ))))
+    }
+
+    async fn extend(
+        &self,
+        name: &LockName,
+        lease_id: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, LockError> {
+        let sent = Instant::now();
+        let (ok, owner, token, expires) = self.node.extend(name, lease_id, ttl).await?;
+        Ok((ok == 1).then(|| Lease::new(name, lease_id, &owner, token, expires, ttl, sent)))
+    }
+
+    async fn release(&self, name: &LockName, lease_id: &str) -> Result<bool, LockError> {
+        let released = self.node.release(name, lease_id).await?;
+        if released {
+            self.released.notify_waiters();
+        }
+        Ok(released)
+    }
+
+    async fn holder(&self, name: &LockName) -> Result<Option<Holder>, LockError> {
+        self.node.holder(name).await
+    }
+
+    fn release_signal(&self) -> Option<&Notify> {
+        Some(&self.released)
+    }
+}

@@ -1,0 +1,486 @@
+//! Private Redis, PostgreSQL, etcd and ZooKeeper servers (start commands from DESIGN.md's
+//! machine notes), and the shared servers a test run exports through the environment.
+
+use crate::process::Process;
+use crate::{free_port, unique, wait_until};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tempfile::TempDir;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Sends `request` over TCP and returns what came back before the peer closed or 1 s passed.
+fn tcp_exchange(port: u16, request: &[u8]) -> Option<String> {
+    let mut s =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
+            .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    s.write_all(request).ok()?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if out.len() > 1 && (out.ends_with(b"\r\n") || out.ends_with(b"}")) {
+            break;
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn quiet(cmd: &mut Command) -> &mut Command {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+}
+
+/// A server or its address from the environment.
+#[derive(Debug)]
+pub enum Shared<T> {
+    /// A server started for this test alone (stopped on drop).
+    Owned(T),
+    /// A server the test run shares, by address.
+    External(String),
+}
+
+impl<T: HasUrl> Shared<T> {
+    /// The server's address.
+    pub fn url(&self) -> String {
+        match self {
+            Shared::Owned(s) => s.url(),
+            Shared::External(u) => u.clone(),
+        }
+    }
+}
+
+/// Servers that have a client address.
+pub trait HasUrl {
+    /// The client address.
+    fn url(&self) -> String;
+}
+
+fn shared<T>(var: &str, start: impl FnOnce() -> anyhow::Result<T>) -> Shared<T> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Shared::External(url),
+        _ => Shared::Owned(
+            start().unwrap_or_else(|e| panic!("cannot start a private server ({var} unset): {e}")),
+        ),
+    }
+}
+
+/// Redis from `MAINSTAY_TEST_REDIS_URL`, or a private one.
+pub fn shared_redis() -> Shared<RedisServer> {
+    shared("MAINSTAY_TEST_REDIS_URL", RedisServer::start)
+}
+
+/// PostgreSQL (admin URL) from `MAINSTAY_TEST_POSTGRES_URL`, or a private one.
+pub fn shared_postgres() -> Shared<PostgresServer> {
+    shared("MAINSTAY_TEST_POSTGRES_URL", PostgresServer::start)
+}
+
+/// etcd from `MAINSTAY_TEST_ETCD`, or a private one.
+pub fn shared_etcd() -> Shared<EtcdServer> {
+    shared("MAINSTAY_TEST_ETCD", EtcdServer::start)
+}
+
+/// ZooKeeper from `MAINSTAY_TEST_ZOOKEEPER`, or a private one.
+pub fn shared_zookeeper() -> Shared<ZooKeeperServer> {
+    shared("MAINSTAY_TEST_ZOOKEEPER", ZooKeeperServer::start)
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// A private `redis-server` without persistence.
+#[derive(Debug)]
+pub struct RedisServer {
+    process: Process,
+    dir: TempDir,
+    port: u16,
+}
+
+impl RedisServer {
+    /// Starts on a free port and waits for `PING`.
+    pub fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("mainstay-redis")
+            .tempdir()?;
+        let port = free_port();
+        let process = Self::spawn(dir.path(), port)?;
+        Ok(RedisServer { process, dir, port })
+    }
+
+    fn spawn(dir: &Path, port: u16) -> anyhow::Result<Process> {
+        let process = Process::spawn(
+            "redis-server",
+            quiet(
+                Command::new("redis-server")
+                    .args([
+                        "--port",
+                        &port.to_string(),
+                        "--bind",
+                        "127.0.0.1",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                    ])
+                    .arg(dir),
+            ),
+        )?;
+        wait_until(READY_TIMEOUT, "redis PING", || {
+            tcp_exchange(port, b"PING\r\n").is_some_and(|r| r.starts_with("+PONG"))
+        })?;
+        Ok(process)
+    }
+
+    /// The port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The process (pause, resume, kill).
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+
+    /// kill -9 and start again on the same port; without persistence the data is gone.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.process.kill();
+        self.process = Self::spawn(self.dir.path(), self.port)?;
+        Ok(())
+    }
+}
+
+impl HasUrl for RedisServer {
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+fn pg_bin() -> anyhow::Result<PathBuf> {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|v| v.join("bin"))
+        .ok_or_else(|| anyhow::anyhow!("no PostgreSQL under /usr/lib/postgresql"))
+}
+
+fn postgres_ids() -> Option<(u32, u32)> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return None;
+    }
+    nix::unistd::User::from_name("postgres")
+        .ok()
+        .flatten()
+        .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+}
+
+/// A private PostgreSQL cluster (initdb in a temp dir, run as `postgres` when we are root).
+#[derive(Debug)]
+pub struct PostgresServer {
+    process: Process,
+    dir: TempDir,
+    port: u16,
+}
+
+impl PostgresServer {
+    /// initdb + start on a free port with `wal_level=logical`; waits for `pg_isready`.
+    pub fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("mainstay-pg").tempdir()?;
+        let ids = postgres_ids();
+        if let Some((uid, gid)) = ids {
+            nix::unistd::chown(dir.path(), Some(uid.into()), Some(gid.into()))?;
+        }
+        let initdb = pg_bin()?.join("initdb");
+        let data = dir.path().join("data");
+        let mut cmd = Command::new(&initdb);
+        cmd.arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "-A", "trust", "--no-sync"]);
+        if let Some((uid, gid)) = ids {
+            cmd.uid(uid).gid(gid);
+        }
+        let out = cmd.stdin(Stdio::null()).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let process = Self::spawn(dir.path(), port)?;
+        Ok(PostgresServer { process, dir, port })
+    }
+
+    fn spawn(dir: &Path, port: u16) -> anyhow::Result<Process> {
+        let bin = pg_bin()?;
+        let mut cmd = Command::new(bin.join("postgres"));
+        cmd.arg("-D")
+            .arg(dir.join("data"))
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(dir)
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "wal_level=logical",
+                "-c",
+                "max_wal_senders=8",
+                "-c",
+                "max_replication_slots=8",
+                "-c",
+                "max_connections=200",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_prepared_transactions=64",
+            ]);
+        if let Some((uid, gid)) = postgres_ids() {
+            cmd.uid(uid).gid(gid);
+        }
+        let process = Process::spawn("postgres", quiet(&mut cmd))?;
+        let isready = bin.join("pg_isready");
+        wait_until(READY_TIMEOUT, "pg_isready", || {
+            Command::new(&isready)
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })?;
+        Ok(process)
+    }
+
+    /// The port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The postmaster process (pause, resume, kill).
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+
+    /// kill -9 the postmaster and start again on the same data (crash recovery runs).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.process.kill();
+        // Backends exit when they notice the postmaster died; the new postmaster refuses
+        // to start while they hold shared memory, so retry for a while.
+        let mut last = None;
+        for _ in 0..50 {
+            match Self::spawn(self.dir.path(), self.port) {
+                Ok(p) => {
+                    self.process = p;
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("postgres restart failed")))
+    }
+}
+
+impl HasUrl for PostgresServer {
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+/// Creates a fresh database on the server at `admin_url` and returns its URL.
+pub async fn create_database(admin_url: &str) -> anyhow::Result<String> {
+    let (client, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(conn);
+    let name = unique("t").to_lowercase();
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await?;
+    drop(client);
+    let _ = driver.await;
+    let base = admin_url
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .unwrap_or(admin_url);
+    Ok(format!("{base}/{name}"))
+}
+
+impl Shared<PostgresServer> {
+    /// A fresh, empty database on this server.
+    pub async fn database(&self) -> anyhow::Result<String> {
+        create_database(&self.url()).await
+    }
+}
+
+impl PostgresServer {
+    /// A fresh, empty database on this server.
+    pub async fn database(&self) -> anyhow::Result<String> {
+        create_database(&self.url()).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// A private single-member etcd.
+#[derive(Debug)]
+pub struct EtcdServer {
+    process: Process,
+    dir: TempDir,
+    port: u16,
+    peer_port: u16,
+}
+
+impl EtcdServer {
+    /// Starts on free ports; waits for `/health`.
+    pub fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("mainstay-etcd").tempdir()?;
+        let (port, peer_port) = (free_port(), free_port());
+        let process = Self::spawn(dir.path(), port, peer_port)?;
+        Ok(EtcdServer {
+            process,
+            dir,
+            port,
+            peer_port,
+        })
+    }
+
+    fn spawn(dir: &Path, port: u16, peer_port: u16) -> anyhow::Result<Process> {
+        let client = format!("http://127.0.0.1:{port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let process = Process::spawn(
+            "etcd",
+            quiet(
+                Command::new("etcd")
+                    .args(["--name", "n", "--data-dir"])
+                    .arg(dir.join("data"))
+                    .args([
+                        "--listen-client-urls",
+                        &client,
+                        "--advertise-client-urls",
+                        &client,
+                    ])
+                    .args([
+                        "--listen-peer-urls",
+                        &peer,
+                        "--initial-advertise-peer-urls",
+                        &peer,
+                    ])
+                    .args(["--initial-cluster", &format!("n={peer}")])
+                    .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH),
+            ),
+        )?;
+        wait_until(READY_TIMEOUT, "etcd /health", || {
+            tcp_exchange(port, b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                .is_some_and(|r| r.contains("\"health\":\"true\""))
+        })?;
+        Ok(process)
+    }
+
+    /// The client port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The process (pause, resume, kill).
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+
+    /// kill -9 and start again on the same data and ports.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.process.kill();
+        self.process = Self::spawn(self.dir.path(), self.port, self.peer_port)?;
+        Ok(())
+    }
+}
+
+impl HasUrl for EtcdServer {
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// A private standalone ZooKeeper (tickTime 200 ms: sessions of 0.4–30 s).
+#[derive(Debug)]
+pub struct ZooKeeperServer {
+    process: Process,
+    dir: TempDir,
+    port: u16,
+}
+
+impl ZooKeeperServer {
+    /// Starts on a free port; waits for `ruok` → `imok`.
+    pub fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("mainstay-zk").tempdir()?;
+        let port = free_port();
+        let cfg = format!(
+            "tickTime=200\nminSessionTimeout=400\nmaxSessionTimeout=30000\ndataDir={}\nclientPort={port}\n\
+             clientPortAddress=127.0.0.1\nadmin.enableServer=false\n4lw.commands.whitelist=*\n",
+            dir.path().join("data").display()
+        );
+        std::fs::write(dir.path().join("zoo.cfg"), cfg)?;
+        let process = Self::spawn(dir.path(), port)?;
+        Ok(ZooKeeperServer { process, dir, port })
+    }
+
+    fn spawn(dir: &Path, port: u16) -> anyhow::Result<Process> {
+        let process = Process::spawn(
+            "zookeeper",
+            quiet(
+                Command::new("java")
+                    .args(["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Dzookeeper.jmx.log4j.disable=true"])
+                    .args(["-cp", "/usr/share/java/zookeeper.jar:/usr/share/java/zookeeper-jute.jar:/usr/share/java/slf4j-api.jar:/usr/share/java/slf4j-simple.jar"])
+                    .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
+                    .arg(dir.join("zoo.cfg")),
+            ),
+        )?;
+        wait_until(READY_TIMEOUT, "zookeeper ruok", || {
+            tcp_exchange(port, b"ruok").is_some_and(|r| r.contains("imok"))
+        })?;
+        Ok(process)
+    }
+
+    /// The port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The process (pause, resume, kill).
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+
+    /// kill -9 and start again on the same data and port.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.process.kill();
+        self.process = Self::spawn(self.dir.path(), self.port)?;
+        Ok(())
+    }
+}
+
+impl HasUrl for ZooKeeperServer {
+    fn url(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
