@@ -109,3 +109,138 @@ mod tests {
         assert!(parse_stale("something else").is_none());
     }
 }
+
+/// PostgreSQL guard helpers (feature `postgres`).
+#[cfg(feature = "postgres")]
+pub mod postgres {
+    use super::{parse_stale, StaleFencingToken, POSTGRES_GUARD_SQL};
+
+    /// Why a fenced PostgreSQL write failed.
+    #[derive(Debug, thiserror::Error)]
+    #[non_exhaustive]
+    pub enum FenceError {
+        /// The token is older than one the resource has accepted.
+        #[error(transparent)]
+        Stale(StaleFencingToken),
+        /// Any other database error.
+        #[error("postgres: {}", message(.0))]
+        Db(#[from] tokio_postgres::Error),
+    }
+
+    /// The server's message when there is one (tokio-postgres displays only "db error").
+    fn message(e: &tokio_postgres::Error) -> String {
+        e.as_db_error()
+            .map(|d| format!("{}: {}", d.code().code(), d.message()))
+            .unwrap_or_else(|| e.to_string())
+    }
+
+    /// Installs (or replaces) the guard table and function. Idempotent.
+    pub async fn install(client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+        client.batch_execute(POSTGRES_GUARD_SQL).await
+    }
+
+    /// Checks `token` for `resource`; call inside the transaction of the protected write.
+    pub async fn check(
+        client: &impl tokio_postgres::GenericClient,
+        resource: &str,
+        token: u64,
+    ) -> Result<(), FenceError> {
+        match client
+            .execute(
+                "SELECT mainstay_fence_check($1, $2)",
+                &[&resource, &(token as i64)],
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let stale = e
+                    .as_db_error()
+                    .filter(|d| d.code().code() == "MSF01")
+                    .and_then(|d| d.detail().and_then(parse_stale));
+                match stale {
+                    Some(s) => Err(FenceError::Stale(s)),
+                    None => Err(FenceError::Db(e)),
+                }
+            }
+        }
+    }
+}
+
+/// Redis guard helpers (feature `redis`).
+#[cfg(feature = "redis")]
+pub mod redis {
+    use super::{parse_stale, StaleFencingToken, REDIS_GUARD_LIBRARY};
+
+    /// Why a fenced Redis write failed.
+    #[derive(Debug, thiserror::Error)]
+    #[non_exhaustive]
+    pub enum FenceError {
+        /// The token is older than one the resource has accepted.
+        #[error(transparent)]
+        Stale(StaleFencingToken),
+        /// Any other Redis error.
+        #[error("redis: {0}")]
+        Redis(#[from] ::redis::RedisError),
+    }
+
+    /// Loads (or replaces) the `mainstay_fence` function library. Idempotent.
+    pub async fn install(
+        conn: &mut impl ::redis::aio::ConnectionLike,
+    ) -> Result<(), ::redis::RedisError> {
+        ::redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg(REDIS_GUARD_LIBRARY)
+            .query_async::<String>(conn)
+            .await
+            .map(|_| ())
+    }
+
+    fn map(e: ::redis::RedisError) -> FenceError {
+        match parse_stale(&e.to_string()) {
+            Some(s) if e.to_string().contains("STALE_FENCING_TOKEN") => FenceError::Stale(s),
+            _ => FenceError::Redis(e),
+        }
+    }
+
+    /// `SET key value` if `token` is not older than the highest seen in `fence_key`.
+    pub async fn fenced_set(
+        conn: &mut impl ::redis::aio::ConnectionLike,
+        key: &str,
+        fence_key: &str,
+        token: u64,
+        value: &str,
+    ) -> Result<(), FenceError> {
+        ::redis::cmd("FCALL")
+            .arg("mainstay_fenced_set")
+            .arg(2)
+            .arg(key)
+            .arg(fence_key)
+            .arg(token)
+            .arg(value)
+            .query_async::<::redis::Value>(conn)
+            .await
+            .map(|_| ())
+            .map_err(map)
+    }
+
+    /// `DEL key` if `token` is not older than the highest seen in `fence_key`.
+    pub async fn fenced_del(
+        conn: &mut impl ::redis::aio::ConnectionLike,
+        key: &str,
+        fence_key: &str,
+        token: u64,
+    ) -> Result<(), FenceError> {
+        ::redis::cmd("FCALL")
+            .arg("mainstay_fenced_del")
+            .arg(2)
+            .arg(key)
+            .arg(fence_key)
+            .arg(token)
+            .query_async::<::redis::Value>(conn)
+            .await
+            .map(|_| ())
+            .map_err(map)
+    }
+}

@@ -75,8 +75,23 @@ fn sequence_of(child: &str) -> Option<&str> {
 impl ZookeeperBackend {
     /// Connects to `connect` (`host:port[,host:port…]`, optionally `zk://`-prefixed) with a
     /// 10 s session timeout, under the root `/mainstay`.
+    /// A `?session_timeout=2s` suffix sets the session timeout.
     pub async fn connect(connect: &str) -> Result<Self, LockError> {
-        Self::connect_with(connect, "/mainstay", Duration::from_secs(10)).await
+        let (hosts, timeout) = match connect.split_once('?') {
+            Some((hosts, query)) => {
+                let value = query.strip_prefix("session_timeout=").ok_or_else(|| {
+                    LockError::Config(format!(
+                        "unknown zookeeper option {query:?}; expected session_timeout=DURATION"
+                    ))
+                })?;
+                (
+                    hosts,
+                    mainstay_core::duration::parse(value).map_err(LockError::Config)?,
+                )
+            }
+            None => (connect, Duration::from_secs(10)),
+        };
+        Self::connect_with(hosts, "/mainstay", timeout).await
     }
 
     /// Connects with a custom root path and session timeout.
