@@ -6,6 +6,7 @@ use crate::keepalive::KeepAlive;
 use crate::lease::{Holder, Lease, LockName, MAX_TTL, MAX_WAIT};
 use mainstay_core::config::BackendKind;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -59,6 +60,21 @@ fn default_owner() -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into());
     format!("{}@{}", std::process::id(), host)
+}
+
+/// Marks an acquire as abandoned when its future is dropped before the grant arrived.
+struct AbandonOnDrop(Arc<AtomicBool>);
+
+impl AbandonOnDrop {
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 /// Checks a ttl is usable as a lease.
@@ -153,15 +169,31 @@ impl LockClient {
             None => default_owner(),
         };
         let lease_id = mainstay_core::id::unguessable();
-        let outcome = if opts.wait.is_zero() {
-            self.backend
-                .try_acquire(name, &lease_id, &owner, opts.ttl)
-                .await?
-        } else {
-            self.backend
-                .acquire(name, &lease_id, &owner, opts.ttl, opts.wait)
-                .await?
+        // Cancel safety: the backend call runs in its own task, so dropping this future
+        // (a timeout, a disconnected HTTP client) never leaves a half-done queue entry
+        // behind (a ZooKeeper node or etcd key would block every later waiter). A grant
+        // that completes after the caller left is released at once.
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let guard = AbandonOnDrop(abandoned.clone());
+        let task = {
+            let (backend, name, ttl, wait) =
+                (self.backend.clone(), name.clone(), opts.ttl, opts.wait);
+            tokio::spawn(async move {
+                let outcome = if wait.is_zero() {
+                    backend.try_acquire(&name, &lease_id, &owner, ttl).await
+                } else {
+                    backend.acquire(&name, &lease_id, &owner, ttl, wait).await
+                };
+                if let Ok(TryAcquire::Acquired(lease)) = &outcome {
+                    if abandoned.load(Ordering::SeqCst) {
+                        let _ = backend.release(&name, &lease.lease_id).await;
+                    }
+                }
+                outcome
+            })
         };
+        let outcome = task.await.map_err(|e| LockError::backend("runtime", e))??;
+        guard.disarm();
         match outcome {
             TryAcquire::Held(holder) => Err(LockError::Busy {
                 name: name.to_string(),

@@ -2,7 +2,9 @@
 
 use crate::client::LockClient;
 use crate::error::LockError;
-use mainstay_core::config::{BackendConfig, BackendKind};
+use mainstay_core::config::BackendConfig;
+#[allow(unused_imports)] // Used only by the arms whose backend feature is on.
+use mainstay_core::config::BackendKind;
 use std::path::Path;
 
 /// Connects to the backend `config` names; SQLite files default to `data_dir/mainstay.db`.

@@ -353,3 +353,38 @@ async fn lost_fires_before_expiry_etcd() {
     )
     .await;
 }
+
+/// Regression: a waiter whose acquire future is dropped mid-wait (timeout, disconnected
+/// HTTP client) must not stay queued ahead of later waiters forever.
+async fn abandoned_waiter_does_not_block(kind: BackendKind) {
+    let env = crate::common::Env::new(kind).await;
+    let (holder, quitter, patient) = (env.client().await, env.client().await, env.client().await);
+    let first = holder.try_acquire("ab", &opts(60_000)).await.unwrap();
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        quitter.acquire("ab", &opts(60_000).wait(Duration::from_secs(60))),
+    )
+    .await;
+    assert!(
+        gave_up.is_err(),
+        "the quitter should still have been waiting"
+    );
+    assert!(holder.release("ab", &first.lease_id).await.unwrap());
+    let got = patient
+        .acquire("ab", &opts(60_000).wait(Duration::from_secs(15)))
+        .await;
+    assert!(
+        got.is_ok(),
+        "{kind:?}: a later waiter was blocked by an abandoned one: {got:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_waiter_does_not_block_zookeeper() {
+    abandoned_waiter_does_not_block(BackendKind::Zookeeper).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_waiter_does_not_block_etcd() {
+    abandoned_waiter_does_not_block(BackendKind::Etcd).await;
+}

@@ -1,1 +1,128 @@
-//! placeholder
+//! Mainstay's HTTP API: every building block over JSON, for services in any language.
+//!
+//! The server adds no logic of its own: each handler validates input, calls the library
+//! crate ([`mainstay_lock`]) and maps the result to JSON or to an
+//! `application/problem+json` error. Routes (see `/v1/openapi.json`):
+//! `/v1/locks/{name}` (acquire, extend, release, status), `/v1/elections/{name}`
+//! (campaign, keepalive, resign, leader, observe as Server-Sent Events), `/healthz`,
+//! `/readyz`, `/metrics` (Prometheus text).
+//!
+//! Guarantees: bad input (malformed JSON, unknown fields, out-of-range values, names with
+//! `/` or over 256 bytes, bodies over 1 MiB) gets a 4xx problem and changes nothing; a
+//! disconnected client's pending acquire is cancelled without leaking a queue entry.
+//! Auth: a bearer token, required on `/v1/*` when configured (health and metrics stay open);
+//! [`check_bind`] refuses a non-loopback address without one.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+mod auth;
+mod elections;
+mod locks;
+mod metrics;
+mod openapi;
+mod problem;
+
+pub use metrics::Metrics;
+pub use problem::Problem;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use mainstay_lock::{Election, LockClient};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) locks: LockClient,
+    pub(crate) elections: Election,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) token: Option<Arc<str>>,
+}
+
+impl AppState {
+    /// State over a lock client; `token` enables bearer auth on `/v1/*`.
+    pub fn new(locks: LockClient, token: Option<String>) -> Self {
+        let metrics = Arc::new(Metrics::new(locks.kind().as_str()));
+        AppState {
+            elections: Election::new(locks.clone()),
+            locks,
+            metrics,
+            token: token.map(Arc::from),
+        }
+    }
+}
+
+/// Refuses to serve a non-loopback address without an auth token.
+pub fn check_bind(addr: &SocketAddr, token: Option<&str>) -> Result<(), String> {
+    if addr.ip().is_loopback() || token.is_some_and(|t| !t.is_empty()) {
+        return Ok(());
+    }
+    Err(format!(
+        "refusing to listen on non-loopback address {addr} without an auth token: set MAINSTAY_TOKEN, --token or [server] token"
+    ))
+}
+
+/// The full router.
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/locks/{name}", get(locks::status))
+        .route("/v1/locks/{name}/acquire", post(locks::acquire))
+        .route("/v1/locks/{name}/extend", post(locks::extend))
+        .route("/v1/locks/{name}/release", post(locks::release))
+        .route("/v1/elections/{name}", get(elections::leader))
+        .route("/v1/elections/{name}/campaign", post(elections::campaign))
+        .route("/v1/elections/{name}/keepalive", post(elections::keepalive))
+        .route("/v1/elections/{name}/resign", post(elections::resign))
+        .route("/v1/elections/{name}/observe", get(elections::observe))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .merge(v1)
+        .route(
+            "/v1/openapi.json",
+            get(|| async { Json(openapi::document()) }),
+        )
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::render))
+        .fallback(|| async { Problem::not_found() })
+        .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, Problem> {
+    state
+        .locks
+        .holder("mainstay-readiness-probe")
+        .await
+        .map_err(Problem::from)?;
+    Ok(Json(
+        serde_json::json!({"status": "ready", "backend": state.locks.kind().as_str()}),
+    ))
+}
+
+/// Serves `router(state)` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

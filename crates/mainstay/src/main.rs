@@ -1,1 +1,72 @@
-fn main() {}
+//! `mainstay`: the server and CLI over Mainstay's building blocks. It parses flags, reads
+//! `mainstay.toml`, and wires the library crates together; every behaviour lives in them.
+#![forbid(unsafe_code)]
+
+mod config;
+mod fence;
+mod lock;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// Distributed-systems building blocks: locks with fencing tokens, leader election, and more.
+#[derive(Parser)]
+#[command(name = "mainstay", version, about, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: config::GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (default 127.0.0.1:7070, embedded SQLite in ./mainstay-data/).
+    Serve(serve::ServeArgs),
+    /// Distributed locks: acquire, release, status, and run a command under a lock.
+    #[command(subcommand)]
+    Lock(lock::LockCommand),
+    /// Fenced resources: install the guards that reject stale fencing tokens.
+    #[command(subcommand)]
+    Fence(fence::FenceCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MAINSTAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mainstay: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let config = config::Config::load(&cli.global)?;
+        match cli.command {
+            Command::Serve(args) => serve::run(config, args).await,
+            Command::Lock(cmd) => lock::run(config, cmd).await,
+            Command::Fence(cmd) => fence::run(cmd).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mainstay: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Prometheus metrics: HTTP requests by route and status, lock acquisitions by outcome and
+//! their wait time.
+
+use crate::AppState;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use mainstay_lock::{Lease, LockError};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+use std::time::Duration;
+
+/// The server's metrics registry.
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    lock_acquires: IntCounterVec,
+    lock_acquire_seconds: HistogramVec,
+    backend: String,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+impl Metrics {
+    /// A registry for a server on `backend`.
+    pub fn new(backend: &str) -> Self {
+        let registry = Registry::new();
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "mainstay_http_requests_total",
+                "HTTP requests by route and status",
+            ),
+            &["route", "status"],
+        )
+        .expect("static metric definition");
+        let lock_acquires = IntCounterVec::new(
+            Opts::new(
+                "mainstay_lock_acquires_total",
+                "Lock acquisitions by backend and outcome (granted, busy, error)",
+            ),
+            &["backend", "outcome"],
+        )
+        .expect("static metric definition");
+        let lock_acquire_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "mainstay_lock_acquire_seconds",
+                "Time to acquire a lock, including waiting",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0]),
+            &["backend"],
+        )
+        .expect("static metric definition");
+        for c in [
+            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(lock_acquires.clone()),
+            Box::new(lock_acquire_seconds.clone()),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
+        Metrics {
+            registry,
+            http_requests,
+            lock_acquires,
+            lock_acquire_seconds,
+            backend: backend.to_string(),
+        }
+    }
+
+    pub(crate) fn acquired(&self, result: &Result<Lease, LockError>, took: Duration) {
+        let outcome = match result {
+            Ok(_) => "granted",
+            Err(LockError::Busy { .. }) => "busy",
+            Err(_) => "error",
+        };
+        self.lock_acquires
+            .with_label_values(&[self.backend.as_str(), outcome])
+            .inc();
+        self.lock_acquire_seconds
+            .with_label_values(&[self.backend.as_str()])
+            .observe(took.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+pub(crate) async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let response = next.run(req).await;
+    s.metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), response.status().as_str()])
+        .inc();
+    response
+}
+
+pub(crate) async fn render(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.encode(),
+    )
+}

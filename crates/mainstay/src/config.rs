@@ -1,0 +1,99 @@
+//! `mainstay.toml`, overridden by `MAINSTAY_*` env vars, overridden by flags.
+
+use anyhow::Context;
+use mainstay_core::config::{BackendConfig, BackendKind};
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// Flags every command takes (each also read from its env var).
+#[derive(clap::Args, Debug)]
+pub(crate) struct GlobalArgs {
+    /// Config file. Default: ./mainstay.toml when it exists.
+    #[arg(long, global = true, env = "MAINSTAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where embedded state lives. Default: ./mainstay-data.
+    #[arg(long, global = true, env = "MAINSTAY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Lock backend: sqlite, postgres, redis, redlock, etcd, zookeeper. Default: sqlite.
+    #[arg(long, global = true, env = "MAINSTAY_LOCK_BACKEND")]
+    backend: Option<BackendKind>,
+    /// Backend address: SQLite file, PostgreSQL/Redis URL, comma-separated Redlock URLs,
+    /// etcd endpoints, or ZooKeeper host:port list.
+    #[arg(long, global = true, env = "MAINSTAY_LOCK_URL")]
+    backend_url: Option<String>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    server: ServerFile,
+    #[serde(default)]
+    lock: Option<BackendConfig>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct ServerFile {
+    listen: Option<String>,
+    token: Option<String>,
+    data_dir: Option<PathBuf>,
+}
+
+/// The merged configuration.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) backend: BackendConfig,
+    pub(crate) listen: Option<String>,
+    pub(crate) token: Option<String>,
+}
+
+impl Config {
+    pub(crate) fn load(args: &GlobalArgs) -> anyhow::Result<Self> {
+        let path = args.config.clone().or_else(|| {
+            let default = PathBuf::from("mainstay.toml");
+            default.exists().then_some(default)
+        });
+        let file: File = match &path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read config file {}", p.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("invalid config file {}", p.display()))?
+            }
+            None => File::default(),
+        };
+        let mut backend = file.lock.unwrap_or_default();
+        if let Some(kind) = args.backend {
+            if kind != backend.backend {
+                backend.url = None;
+            }
+            backend.backend = kind;
+        }
+        if let Some(url) = &args.backend_url {
+            backend.url = Some(url.clone());
+        }
+        Ok(Config {
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.server.data_dir)
+                .unwrap_or_else(|| PathBuf::from("mainstay-data")),
+            backend,
+            listen: file.server.listen,
+            token: file.server.token,
+        })
+    }
+
+    pub(crate) async fn lock_client(&self) -> anyhow::Result<mainstay_lock::LockClient> {
+        mainstay_lock::connect(&self.backend, &self.data_dir)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open the {} lock backend",
+                    self.backend.backend.as_str()
+                )
+            })
+    }
+}

@@ -1,0 +1,68 @@
+//! `mainstay serve`.
+
+use crate::config::Config;
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on. Default: 127.0.0.1:7070.
+    #[arg(long, env = "MAINSTAY_LISTEN")]
+    listen: Option<String>,
+    /// Bearer token required on /v1/* (mandatory on a non-loopback address).
+    #[arg(long, env = "MAINSTAY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+pub(crate) async fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let listen = args
+        .listen
+        .or(config.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:7070".into());
+    let addr: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("invalid listen address {listen:?} (expected IP:PORT)"))?;
+    let token = args
+        .token
+        .or(config.token.clone())
+        .filter(|t| !t.is_empty());
+    mainstay_server::check_bind(&addr, token.as_deref()).map_err(anyhow::Error::msg)?;
+    let locks = config.lock_client().await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let where_ = match config.backend.backend {
+        mainstay_lock::BackendKind::Sqlite => config
+            .backend
+            .sqlite_path(&config.data_dir)
+            .display()
+            .to_string(),
+        _ => config.backend.url.clone().unwrap_or_default(),
+    };
+    tracing::info!(
+        "mainstay listening on http://{} (lock backend {} at {where_}; auth {})",
+        listener.local_addr()?,
+        locks.kind().as_str(),
+        if token.is_some() { "on" } else { "off" }
+    );
+    let state = mainstay_server::AppState::new(locks, token);
+    mainstay_server::serve(listener, state, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+}
