@@ -68,6 +68,16 @@ impl Process {
         self.kill();
     }
 
+    /// `Some(exit code)` once the child has exited (`Some(None)` when killed by a signal);
+    /// `None` while it runs.
+    pub fn try_exit_code(&mut self) -> Option<Option<i32>> {
+        let child = self.child.as_mut()?;
+        match child.try_wait() {
+            Ok(Some(status)) => Some(status.code()),
+            _ => None,
+        }
+    }
+
     /// True while the child has not exited.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {

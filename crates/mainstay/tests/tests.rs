@@ -1,1 +1,6 @@
+//! Integration tests of the `mainstay` binary and its HTTP API (one test binary).
 
+mod cli;
+mod common;
+mod holders;
+mod http;

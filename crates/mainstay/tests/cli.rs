@@ -1,0 +1,166 @@
+//! The CLI: serve's bind rule, `lock run` on the embedded default.
+
+use crate::common::mainstay;
+use std::process::Stdio;
+use std::time::Duration;
+
+#[test]
+fn serve_refuses_a_non_loopback_address_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = mainstay(dir.path())
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to listen on non-loopback address") && err.contains("token"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("mainstay-data").exists(),
+        "nothing should be created when refusing"
+    );
+}
+
+#[tokio::test]
+async fn serve_with_a_token_on_a_public_address_answers_401_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = mainstay_testkit::free_port();
+    let mut server = mainstay_testkit::Process::spawn(
+        "mainstay serve",
+        mainstay(dir.path())
+            .args(["serve", "--listen", &format!("0.0.0.0:{port}")])
+            .env("MAINSTAY_TOKEN", "tok")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    mainstay_testkit::eventually(Duration::from_secs(30), "server up", || {
+        let c = client.clone();
+        let u = format!("{base}/healthz");
+        async move { c.get(u).send().await.is_ok() }
+    })
+    .await
+    .unwrap();
+    let body = serde_json::json!({"ttl_ms": 1000});
+    let r = client
+        .post(format!("{base}/v1/locks/x/acquire"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client
+        .post(format!("{base}/v1/locks/x/acquire"))
+        .bearer_auth("tok")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(server.is_running());
+    server.terminate(Duration::from_secs(5));
+}
+
+#[test]
+fn serve_rejects_a_bad_config_file_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mainstay.toml"),
+        "[lock]\nbackend = \"mysql\"\n",
+    )
+    .unwrap();
+    let out = mainstay(dir.path())
+        .args(["lock", "status", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mainstay.toml") && err.contains("mysql"),
+        "{err}"
+    );
+}
+
+/// Two (here: four) `mainstay lock run` processes on the embedded default never overlap.
+#[test]
+fn lock_run_processes_never_overlap() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let script = format!(
+        "echo \"start $MAINSTAY_FENCING_TOKEN\" >> {log}; sleep 0.2; echo \"end $MAINSTAY_FENCING_TOKEN\" >> {log}",
+        log = log.display()
+    );
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            mainstay(dir.path())
+                .args([
+                    "lock", "run", "report", "--ttl", "10s", "--wait", "60s", "--", "sh", "-c",
+                    &script,
+                ])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 8, "{text}");
+    let mut last_token = 0u64;
+    for pair in lines.chunks(2) {
+        let (s, e) = (pair[0], pair[1]);
+        let token: u64 = s.strip_prefix("start ").expect(&text).parse().unwrap();
+        assert_eq!(e, format!("end {token}"), "overlap:\n{text}");
+        assert!(token > last_token, "tokens out of order:\n{text}");
+        last_token = token;
+    }
+}
+
+#[test]
+fn lock_run_passes_exit_status_and_reports_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = mainstay(dir.path())
+        .args(["lock", "run", "x", "--", "sh", "-c", "exit 7"])
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(7));
+    let out = mainstay(dir.path())
+        .args(["lock", "acquire", "x", "--ttl", "60s", "--owner", "cli"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lease: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let st = mainstay(dir.path())
+        .args(["lock", "run", "x", "--wait", "100ms", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(st.status.code(), Some(75));
+    assert!(String::from_utf8_lossy(&st.stderr).contains("\"cli\""));
+    let out = mainstay(dir.path())
+        .args(["lock", "status", "x"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["holder"]["owner"], "cli");
+    let bad = mainstay(dir.path())
+        .args(["lock", "release", "x", "--lease-id", "nope"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let ok = mainstay(dir.path())
+        .args([
+            "lock",
+            "release",
+            "x",
+            "--lease-id",
+            lease["lease_id"].as_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+}

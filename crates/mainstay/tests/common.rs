@@ -1,0 +1,36 @@
+//! Helpers: run the built `mainstay` binary; start an in-process server.
+
+use mainstay_lock::LockClient;
+use std::process::Command;
+
+/// `mainstay` with a clean environment (no MAINSTAY_* from the caller) in `dir`.
+pub fn mainstay(dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mainstay"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MAINSTAY_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.current_dir(dir);
+    cmd
+}
+
+/// An in-process server on a free port over `locks`; returns its base URL.
+pub async fn serve(locks: LockClient, token: Option<&str>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = mainstay_server::AppState::new(locks, token.map(String::from));
+    tokio::spawn(mainstay_server::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
+    format!("http://{addr}")
+}
+
+/// A SQLite lock client in a fresh temp dir (kept alive by the returned guard).
+pub fn sqlite_locks() -> (LockClient, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = mainstay_lock::sqlite::SqliteBackend::open(dir.path().join("l.db")).unwrap();
+    (LockClient::new(backend), dir)
+}

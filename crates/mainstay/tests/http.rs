@@ -1,0 +1,441 @@
+//! The HTTP API: the happy path, every bad input, auth, elections over SSE.
+
+use crate::common::{serve, sqlite_locks};
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+async fn post(base: &str, path: &str, body: Value) -> (StatusCode, Value, String) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let ctype = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, r.json().await.unwrap_or(Value::Null), ctype)
+}
+
+#[tokio::test]
+async fn acquire_extend_release_over_http() {
+    let (locks, _dir) = sqlite_locks();
+    let base = serve(locks, None).await;
+    let (s, lease, _) = post(
+        &base,
+        "/v1/locks/orders/acquire",
+        json!({"ttl_ms": 30000, "owner": "billing"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(lease["name"], "orders");
+    assert_eq!(lease["ttl_ms"], 30000);
+    let token = lease["fencing_token"].as_u64().unwrap();
+    let id = lease["lease_id"].as_str().unwrap().to_string();
+
+    let (s, busy, ctype) = post(
+        &base,
+        "/v1/locks/orders/acquire",
+        json!({"ttl_ms": 1000, "wait_ms": 50}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(ctype, "application/problem+json");
+    assert_eq!(busy["type"], "urn:mainstay:problem:lock-busy");
+    assert_eq!(busy["holder"], "billing");
+    assert_eq!(busy["expires_at_ms"], lease["expires_at_ms"]);
+
+    let (s, ext, _) = post(
+        &base,
+        "/v1/locks/orders/extend",
+        json!({"lease_id": id, "ttl_ms": 60000}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(ext["fencing_token"].as_u64(), Some(token));
+    let (s, p, _) = post(
+        &base,
+        "/v1/locks/orders/release",
+        json!({"lease_id": "0".repeat(32)}),
+    )
+    .await;
+    assert_eq!(
+        (s, p["type"].as_str()),
+        (
+            StatusCode::CONFLICT,
+            Some("urn:mainstay:problem:not-lock-holder")
+        )
+    );
+    let status: Value = reqwest::get(format!("{base}/v1/locks/orders"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["held"], true);
+    let (s, _, _) = post(&base, "/v1/locks/orders/release", json!({"lease_id": id})).await;
+    assert_eq!(s, StatusCode::OK);
+    let status: Value = reqwest::get(format!("{base}/v1/locks/orders"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        status,
+        json!({"name": "orders", "held": false, "holder": null})
+    );
+    let (_, next, _) = post(&base, "/v1/locks/orders/acquire", json!({"ttl_ms": 1000})).await;
+    assert!(next["fencing_token"].as_u64().unwrap() > token);
+}
+
+#[tokio::test]
+async fn every_bad_input_gets_a_4xx_problem_and_the_server_keeps_serving() {
+    let (locks, _dir) = sqlite_locks();
+    let base = serve(locks, None).await;
+    let client = reqwest::Client::new();
+    let long_name = "n".repeat(257);
+    let big = format!(
+        "{{\"ttl_ms\": 1000, \"owner\": \"{}\"}}",
+        "x".repeat(1 << 20)
+    );
+    let cases: Vec<(&str, String, String, Option<&str>)> = vec![
+        (
+            "malformed JSON",
+            "/v1/locks/a/acquire".into(),
+            "{\"ttl_ms\": ".into(),
+            None,
+        ),
+        (
+            "unknown field",
+            "/v1/locks/a/acquire".into(),
+            r#"{"ttl_ms": 1000, "ttl": 5}"#.into(),
+            None,
+        ),
+        (
+            "missing ttl",
+            "/v1/locks/a/acquire".into(),
+            r#"{}"#.into(),
+            None,
+        ),
+        (
+            "ttl as string",
+            "/v1/locks/a/acquire".into(),
+            r#"{"ttl_ms": "1000"}"#.into(),
+            None,
+        ),
+        (
+            "negative ttl",
+            "/v1/locks/a/acquire".into(),
+            r#"{"ttl_ms": -1}"#.into(),
+            None,
+        ),
+        (
+            "ttl 0",
+            "/v1/locks/a/acquire".into(),
+            r#"{"ttl_ms": 0}"#.into(),
+            Some("ttl"),
+        ),
+        (
+            "absurd ttl",
+            "/v1/locks/a/acquire".into(),
+            r#"{"ttl_ms": 100000000000}"#.into(),
+            Some("ttl"),
+        ),
+        (
+            "absurd wait",
+            "/v1/locks/a/acquire".into(),
+            r#"{"ttl_ms": 1000, "wait_ms": 100000000000}"#.into(),
+            Some("wait"),
+        ),
+        (
+            "name with encoded /",
+            "/v1/locks/a%2Fb/acquire".into(),
+            r#"{"ttl_ms": 1000}"#.into(),
+            None,
+        ),
+        (
+            "name with /",
+            "/v1/locks/a/b/acquire".into(),
+            r#"{"ttl_ms": 1000}"#.into(),
+            None,
+        ),
+        (
+            "name over 256 bytes",
+            format!("/v1/locks/{long_name}/acquire"),
+            r#"{"ttl_ms": 1000}"#.into(),
+            None,
+        ),
+        ("body over 1 MiB", "/v1/locks/a/acquire".into(), big, None),
+        (
+            "extend ttl 0",
+            "/v1/locks/a/extend".into(),
+            r#"{"lease_id": "x", "ttl_ms": 0}"#.into(),
+            Some("ttl"),
+        ),
+        (
+            "release without lease",
+            "/v1/locks/a/release".into(),
+            r#"{}"#.into(),
+            None,
+        ),
+        (
+            "campaign without candidate",
+            "/v1/elections/e/campaign".into(),
+            r#"{"ttl_ms": 1000}"#.into(),
+            None,
+        ),
+        (
+            "campaign empty candidate",
+            "/v1/elections/e/campaign".into(),
+            r#"{"candidate": "", "ttl_ms": 1000}"#.into(),
+            Some("candidate"),
+        ),
+    ];
+    for (what, path, body, field) in cases {
+        let r = client
+            .post(format!("{base}{path}"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        assert!(status.is_client_error(), "{what}: got {status}");
+        assert_eq!(
+            r.headers()["content-type"],
+            "application/problem+json",
+            "{what}"
+        );
+        let p: Value = r.json().await.unwrap();
+        assert!(
+            p["type"]
+                .as_str()
+                .unwrap()
+                .starts_with("urn:mainstay:problem:"),
+            "{what}: {p}"
+        );
+        assert_eq!(p["status"].as_u64(), Some(status.as_u16() as u64), "{what}");
+        assert!(!p["title"].as_str().unwrap().is_empty(), "{what}");
+        if let Some(f) = field {
+            assert_eq!(p["field"], f, "{what}: {p}");
+        }
+    }
+    let r = client
+        .post(format!("{base}/v1/locks/a/acquire"))
+        .body(r#"{"ttl_ms": 1000}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "missing content type"
+    );
+    let r = client
+        .delete(format!("{base}/v1/locks/a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    // Nothing above took the lock, and the server still serves.
+    let status: Value = reqwest::get(format!("{base}/v1/locks/a"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["held"], false);
+    let (s, _, _) = post(&base, "/v1/locks/a/acquire", json!({"ttl_ms": 1000})).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        reqwest::get(format!("{base}/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn token_auth_guards_the_api_but_not_health_or_metrics() {
+    let (locks, _dir) = sqlite_locks();
+    let base = serve(locks, Some("s3cret")).await;
+    let client = reqwest::Client::new();
+    let url = format!("{base}/v1/locks/a/acquire");
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("s3cret"),
+        Some("Basic s3cret"),
+    ] {
+        let mut req = client.post(&url).json(&json!({"ttl_ms": 1000}));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+    }
+    let r = client
+        .post(&url)
+        .bearer_auth("s3cret")
+        .json(&json!({"ttl_ms": 1000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(
+            client
+                .get(format!("{base}{open}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK,
+            "{open}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn metrics_and_openapi_describe_the_api() {
+    let (locks, _dir) = sqlite_locks();
+    let base = serve(locks, None).await;
+    post(&base, "/v1/locks/m/acquire", json!({"ttl_ms": 1000})).await;
+    post(&base, "/v1/locks/m/acquire", json!({"ttl_ms": 1000})).await;
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"mainstay_lock_acquires_total{backend="sqlite",outcome="granted"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"mainstay_lock_acquires_total{backend="sqlite",outcome="busy"} 1"#),
+        "{text}"
+    );
+    let doc: Value = reqwest::get(format!("{base}/v1/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/v1/locks/{name}/acquire",
+        "/v1/locks/{name}/extend",
+        "/v1/locks/{name}/release",
+        "/v1/locks/{name}",
+        "/v1/elections/{name}/campaign",
+        "/v1/elections/{name}/keepalive",
+        "/v1/elections/{name}/resign",
+        "/v1/elections/{name}",
+        "/v1/elections/{name}/observe",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from OpenAPI"
+        );
+    }
+}
+
+#[tokio::test]
+async fn election_over_http_with_sse_observe() {
+    let (locks, _dir) = sqlite_locks();
+    let base = serve(locks, None).await;
+    let r = reqwest::get(format!("{base}/v1/elections/db/observe?interval_ms=20"))
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let mut events = r.bytes_stream();
+    let mut buf = String::new();
+    // Reads SSE frames until one carries `leader` data matching `pred`.
+    async fn next_leader(
+        events: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+        buf: &mut String,
+    ) -> Value {
+        loop {
+            if let Some(end) = buf.find("\n\n") {
+                let frame: String = buf.drain(..end + 2).collect();
+                if frame.contains("event: leader") {
+                    let data = frame
+                        .lines()
+                        .find_map(|l| l.strip_prefix("data: "))
+                        .unwrap();
+                    return serde_json::from_str(data).unwrap();
+                }
+                continue;
+            }
+            let chunk = events.next().await.unwrap().unwrap();
+            buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+    assert_eq!(next_leader(&mut events, &mut buf).await, Value::Null);
+    let (s, a, _) = post(
+        &base,
+        "/v1/elections/db/campaign",
+        json!({"candidate": "a", "ttl_ms": 10000}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let leader = next_leader(&mut events, &mut buf).await;
+    assert_eq!(
+        (leader["candidate"].clone(), leader["epoch"].clone()),
+        (json!("a"), a["epoch"].clone())
+    );
+    let (s, busy, _) = post(
+        &base,
+        "/v1/elections/db/campaign",
+        json!({"candidate": "b", "ttl_ms": 10000, "wait_ms": 50}),
+    )
+    .await;
+    assert_eq!(
+        (s, busy["holder"].clone()),
+        (StatusCode::CONFLICT, json!("a"))
+    );
+    let (s, _, _) = post(
+        &base,
+        "/v1/elections/db/keepalive",
+        json!({"lease_id": a["lease_id"], "ttl_ms": 10000}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = post(
+        &base,
+        "/v1/elections/db/resign",
+        json!({"lease_id": a["lease_id"]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b, _) = post(
+        &base,
+        "/v1/elections/db/campaign",
+        json!({"candidate": "b", "ttl_ms": 10000}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(b["epoch"].as_u64() > a["epoch"].as_u64());
+    loop {
+        let l = next_leader(&mut events, &mut buf).await;
+        if l["candidate"] == "b" {
+            assert_eq!(l["epoch"], b["epoch"]);
+            break;
+        }
+    }
+    let leader: Value = reqwest::get(format!("{base}/v1/elections/db"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(leader["leader"]["candidate"], "b");
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian machine and runs every check: fmt, clippy -D warnings, all tests
+# (against real Redis, PostgreSQL, etcd and ZooKeeper started on free loopback ports), doc tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# 1. Debian packages the tests need, installed only when missing.
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v etcd >/dev/null || missing+=(etcd-server)
+[ -f /usr/share/java/zookeeper.jar ] || missing+=(zookeeper)
+command -v java >/dev/null || missing+=(default-jre-headless)
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# 2. Static checks.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+# 3. Tests: one shared set of servers for the whole run; each test takes a fresh
+#    database / key prefix / root. Fault tests start private servers of their own.
+cargo build -q -p mainstay-testkit --bin mainstay-testkit
+runner=(cargo test --workspace --all-features --no-fail-fast)
+if cargo nextest --version >/dev/null 2>&1; then
+  runner=(cargo nextest run --workspace --all-features --no-fail-fast --profile ci)
+fi
+./target/debug/mainstay-testkit run -- "${runner[@]}"
+cargo test -q --workspace --all-features --doc
