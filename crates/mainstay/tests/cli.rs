@@ -32,6 +32,8 @@ async fn serve_with_a_token_on_a_public_address_answers_401_without_it() {
         mainstay(dir.path())
             .args(["serve", "--listen", &format!("0.0.0.0:{port}")])
             .env("MAINSTAY_TOKEN", "tok")
+            // The embedded default needs no external program (no Redis, PostgreSQL, …).
+            .env("PATH", "/nonexistent")
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     )
