@@ -27,9 +27,10 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 # 3. Tests: one shared set of servers for the whole run; each test takes a fresh
 #    database / key prefix / root. Fault tests start private servers of their own.
 cargo build -q -p mainstay-testkit --bin mainstay-testkit
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 runner=(cargo test --workspace --all-features --no-fail-fast)
 if cargo nextest --version >/dev/null 2>&1; then
   runner=(cargo nextest run --workspace --all-features --no-fail-fast --profile ci)
 fi
-./target/debug/mainstay-testkit run -- "${runner[@]}"
+"$target_dir/debug/mainstay-testkit" run -- "${runner[@]}"
 cargo test -q --workspace --all-features --doc
