@@ -6,7 +6,6 @@ use crate::keepalive::KeepAlive;
 use crate::lease::{Holder, Lease, LockName, MAX_TTL, MAX_WAIT};
 use mainstay_core::config::BackendKind;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -56,24 +55,46 @@ impl AcquireOptions {
 
 /// The default owner string: `pid@hostname`.
 fn default_owner() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
-    format!("{}@{}", std::process::id(), host)
+    static OWNER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    OWNER
+        .get_or_init(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into());
+            format!("{}@{}", std::process::id(), host)
+        })
+        .clone()
 }
 
-/// Marks an acquire as abandoned when its future is dropped before the grant arrived.
-struct AbandonOnDrop(Arc<AtomicBool>);
+/// Releases a lease id in the background when an acquire is dropped before it finished.
+struct ReleaseOnDrop {
+    backend: Arc<dyn LockBackend>,
+    name: LockName,
+    lease_id: String,
+    armed: bool,
+}
 
-impl AbandonOnDrop {
-    fn disarm(self) {
-        std::mem::forget(self);
+impl ReleaseOnDrop {
+    fn disarm(mut self) {
+        self.armed = false;
     }
 }
 
-impl Drop for AbandonOnDrop {
+impl Drop for ReleaseOnDrop {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
+        if !self.armed {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let (backend, name, lease_id) = (
+                self.backend.clone(),
+                self.name.clone(),
+                std::mem::take(&mut self.lease_id),
+            );
+            handle.spawn(async move {
+                let _ = backend.release(&name, &lease_id).await;
+            });
+        }
     }
 }
 
@@ -169,31 +190,28 @@ impl LockClient {
             None => default_owner(),
         };
         let lease_id = mainstay_core::id::unguessable();
-        // Cancel safety: the backend call runs in its own task, so dropping this future
-        // (a timeout, a disconnected HTTP client) never leaves a half-done queue entry
-        // behind (a ZooKeeper node or etcd key would block every later waiter). A grant
-        // that completes after the caller left is released at once.
-        let abandoned = Arc::new(AtomicBool::new(false));
-        let guard = AbandonOnDrop(abandoned.clone());
-        let task = {
-            let (backend, name, ttl, wait) =
-                (self.backend.clone(), name.clone(), opts.ttl, opts.wait);
-            tokio::spawn(async move {
-                let outcome = if wait.is_zero() {
-                    backend.try_acquire(&name, &lease_id, &owner, ttl).await
-                } else {
-                    backend.acquire(&name, &lease_id, &owner, ttl, wait).await
-                };
-                if let Ok(TryAcquire::Acquired(lease)) = &outcome {
-                    if abandoned.load(Ordering::SeqCst) {
-                        let _ = backend.release(&name, &lease.lease_id).await;
-                    }
-                }
-                outcome
-            })
+        // Cancel safety: if this future is dropped mid-call (a timeout, a disconnected HTTP
+        // client), the guard releases `lease_id` in the background. The id is chosen here,
+        // before any request is sent, so the cleanup finds a grant or queue entry whether
+        // or not its reply ever arrived (a ZooKeeper node or etcd key left behind would
+        // block every later waiter).
+        let guard = ReleaseOnDrop {
+            backend: self.backend.clone(),
+            name: name.clone(),
+            lease_id: lease_id.clone(),
+            armed: true,
         };
-        let outcome = task.await.map_err(|e| LockError::backend("runtime", e))??;
+        let outcome = if opts.wait.is_zero() {
+            self.backend
+                .try_acquire(name, &lease_id, &owner, opts.ttl)
+                .await
+        } else {
+            self.backend
+                .acquire(name, &lease_id, &owner, opts.ttl, opts.wait)
+                .await
+        };
         guard.disarm();
+        let outcome = outcome?;
         match outcome {
             TryAcquire::Held(holder) => Err(LockError::Busy {
                 name: name.to_string(),
@@ -210,10 +228,14 @@ impl LockClient {
     async fn check_monotonic(&self, name: &LockName, lease: &Lease) -> Result<(), LockError> {
         let previous = {
             let mut map = self.highest_token.lock().unwrap_or_else(|p| p.into_inner());
-            let entry = map.entry(name.as_str().to_string()).or_insert(0);
-            let previous = *entry;
+            let previous = map.get(name.as_str()).copied().unwrap_or(0);
             if lease.fencing_token > previous {
-                *entry = lease.fencing_token;
+                match map.get_mut(name.as_str()) {
+                    Some(highest) => *highest = lease.fencing_token,
+                    None => {
+                        map.insert(name.as_str().to_string(), lease.fencing_token);
+                    }
+                }
                 return Ok(());
             }
             previous

@@ -58,6 +58,17 @@ struct Entry {
     owner: String,
 }
 
+fn entry_of(kv: &etcd_client::KeyValue) -> Entry {
+    Entry {
+        key: kv.key().to_vec(),
+        create_revision: kv.create_revision(),
+        lease: kv.lease(),
+        owner: serde_json::from_slice::<Value>(kv.value())
+            .map(|v| v.owner)
+            .unwrap_or_default(),
+    }
+}
+
 impl EtcdBackend {
     /// Connects to `endpoints` (`http://host:port` or `host:port`) with key prefix `mainstay/`.
     pub async fn connect(endpoints: &[String]) -> Result<Self, LockError> {
@@ -97,17 +108,29 @@ impl EtcdBackend {
         ttl.as_millis().div_ceil(1000).max(1) as i64
     }
 
-    /// Grants an etcd lease and enqueues our key; returns our create revision and lease.
+    /// The etcd lease id of our lease: the first 63 bits of the (random, hex) lease id, so
+    /// release can revoke it without a lookup. `None` for an id we never issued.
+    fn etcd_lease_of(lease_id: &str) -> Option<i64> {
+        let id = u64::from_str_radix(lease_id.get(..16)?, 16).ok()? & (i64::MAX as u64);
+        (id != 0 && lease_id.len() == 32).then_some(id as i64)
+    }
+
+    /// Grants an etcd lease and enqueues our key; returns our create revision, the lease,
+    /// its ttl, and the queue's head (the holder) as of our put, in one transaction.
     async fn enqueue(
         &self,
         name: &LockName,
         lease_id: &str,
         owner: &str,
         ttl: Duration,
-    ) -> Result<(i64, i64, Duration), LockError> {
+    ) -> Result<(i64, i64, Duration, Option<Entry>), LockError> {
         let mut c = self.client.clone();
+        let wanted = Self::etcd_lease_of(lease_id).ok_or_else(|| etcd_err("malformed lease id"))?;
         let grant = c
-            .lease_grant(Self::ttl_secs(ttl), None)
+            .lease_grant(
+                Self::ttl_secs(ttl),
+                Some(etcd_client::LeaseGrantOptions::new().with_id(wanted)),
+            )
             .await
             .map_err(etcd_err)?;
         let granted_ttl = Duration::from_secs(grant.ttl().max(1) as u64);
@@ -116,22 +139,38 @@ impl EtcdBackend {
             owner: owner.to_string(),
         })
         .map_err(etcd_err)?;
+        let head = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Ascend)
+            .with_limit(1);
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key.clone(),
-                value,
-                Some(PutOptions::new().with_lease(grant.id())),
-            )])
-            .or_else([TxnOp::get(key.clone(), None)]);
-        let resp = c.txn(txn).await.map_err(etcd_err)?;
+            .and_then([
+                TxnOp::put(
+                    key.clone(),
+                    value,
+                    Some(PutOptions::new().with_lease(grant.id())),
+                ),
+                TxnOp::get(self.dir(name), Some(head)),
+            ]);
+        let resp = match c.txn(txn).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = c.lease_revoke(grant.id()).await;
+                return Err(etcd_err(e));
+            }
+        };
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         if !resp.succeeded() {
             // The lease id is fresh and unguessable: a collision means a retried request.
             let _ = c.lease_revoke(grant.id()).await;
             return Err(etcd_err(format!("lock key {key} already exists")));
         }
-        Ok((revision, grant.id(), granted_ttl))
+        let head = resp.op_responses().into_iter().find_map(|op| match op {
+            etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(entry_of),
+            _ => None,
+        });
+        Ok((revision, grant.id(), granted_ttl, head))
     }
 
     /// The key queued just before `revision` (None when we are first).
@@ -151,14 +190,7 @@ impl EtcdBackend {
     async fn first(&self, name: &LockName, opts: GetOptions) -> Result<Option<Entry>, LockError> {
         let mut c = self.client.clone();
         let resp = c.get(self.dir(name), Some(opts)).await.map_err(etcd_err)?;
-        Ok(resp.kvs().first().map(|kv| Entry {
-            key: kv.key().to_vec(),
-            create_revision: kv.create_revision(),
-            lease: kv.lease(),
-            owner: serde_json::from_slice::<Value>(kv.value())
-                .map(|v| v.owner)
-                .unwrap_or_default(),
-        }))
+        Ok(resp.kvs().first().map(entry_of))
     }
 
     async fn entry_holder(&self, entry: &Entry) -> Holder {
@@ -256,8 +288,29 @@ impl EtcdBackend {
         wait: Option<Duration>,
     ) -> Result<TryAcquire, LockError> {
         let start = Instant::now();
-        let (revision, lease, granted_ttl) = self.enqueue(name, lease_id, owner, ttl).await?;
-        let deadline = start + wait.unwrap_or_default();
+        let (revision, lease, granted_ttl, head) = self.enqueue(name, lease_id, owner, ttl).await?;
+        // First in line at our put: the lease's ttl started at the grant, after `start`.
+        if head.as_ref().is_some_and(|h| h.create_revision == revision) {
+            let expires = now_ms() + granted_ttl.as_millis() as u64;
+            return Ok(TryAcquire::Acquired(Lease::new(
+                name,
+                lease_id,
+                owner,
+                revision as u64,
+                expires,
+                granted_ttl,
+                start,
+            )));
+        }
+        let Some(wait) = wait else {
+            self.revoke(lease).await;
+            let holder = match head {
+                Some(h) => Some(self.entry_holder(&h).await),
+                None => self.current_holder(name).await?,
+            };
+            return Ok(TryAcquire::Held(holder));
+        };
+        let deadline = start + wait;
         // Keep the etcd lease alive while we wait in the queue (the wait may exceed the ttl).
         let mut c = self.client.clone();
         let (mut keeper, mut responses) = match c.lease_keep_alive(lease).await {
@@ -286,7 +339,7 @@ impl EtcdBackend {
                         sent,
                     )));
                 };
-                if wait.is_none() || Instant::now() >= deadline {
+                if Instant::now() >= deadline {
                     return Ok(TryAcquire::Held(Some(
                         self.current_holder(name)
                             .await?
@@ -370,12 +423,23 @@ impl LockBackend for EtcdBackend {
     }
 
     async fn release(&self, name: &LockName, lease_id: &str) -> Result<bool, LockError> {
-        let Some((_, lease, _)) = self.own_entry(name, lease_id).await? else {
+        let Some(lease) = Self::etcd_lease_of(lease_id) else {
             return Ok(false);
         };
+        let key = self.key(name, lease_id);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Greater, 0)])
+            .and_then([TxnOp::delete(key, None)]);
         let mut c = self.client.clone();
-        c.lease_revoke(lease).await.map_err(etcd_err)?;
-        Ok(true)
+        let released = c.txn(txn).await.map_err(etcd_err)?.succeeded();
+        if released {
+            // The key is gone; revoking the now key-less lease only tidies up early.
+            let mut c = self.client.clone();
+            tokio::spawn(async move {
+                let _ = c.lease_revoke(lease).await;
+            });
+        }
+        Ok(released)
     }
 
     async fn holder(&self, name: &LockName) -> Result<Option<Holder>, LockError> {

@@ -1,8 +1,10 @@
 //! Single-instance Redis backend (seed: `SET NX PX` + owner-checked release/extend).
 //!
-//! A lock is a hash `{prefix}lock:{name}` (lease id, owner, token) with a `PEXPIRE` ttl;
+//! A lock is a string `{prefix}lock:{name}` (lease id, token, owner) with a `PX` ttl;
 //! grant, extend and release are Lua scripts, so each check-and-act is atomic. The fencing
-//! counter `{prefix}fence:{name}` never expires and survives release.
+//! counter `{prefix}fence:{name}` never expires and survives release; every attempt
+//! increments it (a refused attempt leaves a gap), so tokens strictly increase but are not
+//! consecutive.
 //!
 //! **Tokens across a Redis restart.** A Redis without persistence loses the counter. The
 //! counter is therefore created (`SET NX`) at the server's current `TIME` in microseconds
@@ -29,21 +31,28 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// Grant: `{granted, owner, token, expires_at_ms}`; when held, the holder's fields.
+// A lock is one string `{lease_id}\n{token}\n{owner}` with a PX ttl. Scripts get ARGV[1] =
+// `{lease_id}\n` (built by the client, see `id_arg`); comparing that prefix is an exact
+// lease-id match because lease ids contain no newline.
+
+/// Grant: `{granted, owner, token, ttl_left_ms}`; when held, the holder's fields.
+/// The fence counter is seeded from `TIME` (µs) when it is first created, then incremented
+/// once per attempt; an attempt that finds the lock held leaves a gap, never a repeat.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  local h = redis.call('HMGET', KEYS[1], 'owner', 'token')
-  return {0, h[1] or '', tonumber(h[2] or '0'), now_ms + redis.call('PTTL', KEYS[1])}
-end
-redis.call('SET', KEYS[2], string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2])), 'NX')
 local token = redis.call('INCR', KEYS[2])
-redis.call('HSET', KEYS[1], 'lease', ARGV[1], 'owner', ARGV[2], 'token', string.format('%d', token))
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {1, ARGV[2], token, now_ms + tonumber(ARGV[3])}
+if token == 1 then
+  local t = redis.call('TIME')
+  token = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  redis.call('SET', KEYS[2], string.format('%d', token))
+end
+if redis.call('SET', KEYS[1], ARGV[1] .. string.format('%d', token) .. '\n' .. ARGV[2], 'NX', 'PX', ARGV[3]) then
+  return {1, ARGV[2], token, tonumber(ARGV[3])}
+end
+local held = redis.call('GET', KEYS[1]) or ''
+local _, held_token, owner = string.match(held, '^([^\n]*)\n(%d+)\n(.*)$')
+return {0, owner or '', tonumber(held_token or '0'), redis.call('PTTL', KEYS[1])}
 ",
     )
 });
@@ -51,11 +60,11 @@ return {1, ARGV[2], token, now_ms + tonumber(ARGV[3])}
 static EXTEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[1] then return {0, '', 0, 0} end
+local held = redis.call('GET', KEYS[1])
+if not held or string.sub(held, 1, #ARGV[1]) ~= ARGV[1] then return {0, '', 0, 0} end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-local t = redis.call('TIME')
-local h = redis.call('HMGET', KEYS[1], 'owner', 'token')
-return {1, h[1], tonumber(h[2]), tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])}
+local _, token, owner = string.match(held, '^([^\n]*)\n(%d+)\n(.*)$')
+return {1, owner, tonumber(token), tonumber(ARGV[2])}
 ",
     )
 });
@@ -63,7 +72,8 @@ return {1, h[1], tonumber(h[2]), tonumber(t[1]) * 1000 + math.floor(tonumber(t[2
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('HGET', KEYS[1], 'lease') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+local held = redis.call('GET', KEYS[1])
+if held and string.sub(held, 1, #ARGV[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 ",
     )
@@ -72,10 +82,10 @@ return 0
 static HOLDER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local h = redis.call('HMGET', KEYS[1], 'owner', 'token')
-if not h[1] then return {0, '', 0, 0} end
-local t = redis.call('TIME')
-return {1, h[1], tonumber(h[2]), tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + redis.call('PTTL', KEYS[1])}
+local held = redis.call('GET', KEYS[1])
+if not held then return {0, '', 0, 0} end
+local _, token, owner = string.match(held, '^([^\n]*)\n(%d+)\n(.*)$')
+return {1, owner, tonumber(token), redis.call('PTTL', KEYS[1])}
 ",
     )
 });
@@ -85,17 +95,24 @@ return {1, h[1], tonumber(h[2]), tonumber(t[1]) * 1000 + math.floor(tonumber(t[2
 static RAISE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[1] then return 0 end
+local held = redis.call('GET', KEYS[1])
+if not held or string.sub(held, 1, #ARGV[1]) ~= ARGV[1] then return 0 end
 local c = tonumber(redis.call('GET', KEYS[2]) or '0')
 if c < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
-redis.call('HSET', KEYS[1], 'token', ARGV[2])
+local _, _, owner = string.match(held, '^([^\n]*)\n(%d+)\n(.*)$')
+redis.call('SET', KEYS[1], ARGV[1] .. ARGV[2] .. '\n' .. owner, 'KEEPTTL')
 return 1
 ",
     )
 });
 
-/// `{granted-or-present, owner, token, expires_at_ms}` as the scripts return it.
-pub(crate) type Reply = (i64, String, u64, u64);
+/// `{granted-or-present, owner, token, ttl_left_ms}` as the scripts return it.
+pub(crate) type Reply = (i64, String, u64, i64);
+
+/// Unix ms at which a remaining ttl ends (by this host's clock; an estimate).
+pub(crate) fn expiry(ttl_left_ms: i64) -> u64 {
+    mainstay_core::clock::now_ms() + ttl_left_ms.max(0) as u64
+}
 
 /// One Redis server with Mainstay's key layout; shared by the Redis and Redlock backends.
 #[derive(Clone)]
@@ -125,11 +142,20 @@ impl RedisNode {
         })
     }
 
-    fn keys(&self, name: &LockName) -> (String, String) {
-        (
-            format!("{}lock:{{{}}}", self.prefix, name),
-            format!("{}fence:{{{}}}", self.prefix, name),
-        )
+    fn lock_key(&self, name: &LockName) -> String {
+        format!("{}lock:{{{}}}", self.prefix, name)
+    }
+
+    fn fence_key(&self, name: &LockName) -> String {
+        format!("{}fence:{{{}}}", self.prefix, name)
+    }
+
+    /// The `{lease_id}\n` prefix the scripts compare.
+    fn id_arg(lease_id: &str) -> String {
+        let mut arg = String::with_capacity(lease_id.len() + 1);
+        arg.push_str(lease_id);
+        arg.push('\n');
+        arg
     }
 
     pub(crate) async fn acquire(
@@ -139,12 +165,12 @@ impl RedisNode {
         owner: &str,
         ttl: Duration,
     ) -> Result<Reply, LockError> {
-        let (lock, fence) = self.keys(name);
+        let (lock, fence) = (self.lock_key(name), self.fence_key(name));
         let mut conn = self.conn.clone();
         ACQUIRE
             .key(lock)
             .key(fence)
-            .arg(lease_id)
+            .arg(Self::id_arg(lease_id))
             .arg(owner)
             .arg(ttl.as_millis() as u64)
             .invoke_async(&mut conn)
@@ -158,11 +184,11 @@ impl RedisNode {
         lease_id: &str,
         ttl: Duration,
     ) -> Result<Reply, LockError> {
-        let (lock, _) = self.keys(name);
+        let lock = self.lock_key(name);
         let mut conn = self.conn.clone();
         EXTEND
             .key(lock)
-            .arg(lease_id)
+            .arg(Self::id_arg(lease_id))
             .arg(ttl.as_millis() as u64)
             .invoke_async(&mut conn)
             .await
@@ -170,11 +196,11 @@ impl RedisNode {
     }
 
     pub(crate) async fn release(&self, name: &LockName, lease_id: &str) -> Result<bool, LockError> {
-        let (lock, _) = self.keys(name);
+        let lock = self.lock_key(name);
         let mut conn = self.conn.clone();
         let n: i64 = RELEASE
             .key(lock)
-            .arg(lease_id)
+            .arg(Self::id_arg(lease_id))
             .invoke_async(&mut conn)
             .await
             .map_err(redis_err)?;
@@ -182,7 +208,7 @@ impl RedisNode {
     }
 
     pub(crate) async fn holder(&self, name: &LockName) -> Result<Option<Holder>, LockError> {
-        let (lock, _) = self.keys(name);
+        let lock = self.lock_key(name);
         let mut conn = self.conn.clone();
         let r: Reply = HOLDER
             .key(lock)
@@ -198,12 +224,12 @@ impl RedisNode {
         lease_id: &str,
         token: u64,
     ) -> Result<bool, LockError> {
-        let (lock, fence) = self.keys(name);
+        let (lock, fence) = (self.lock_key(name), self.fence_key(name));
         let mut conn = self.conn.clone();
         let n: i64 = RAISE
             .key(lock)
             .key(fence)
-            .arg(lease_id)
+            .arg(Self::id_arg(lease_id))
             .arg(token)
             .invoke_async(&mut conn)
             .await
@@ -212,11 +238,11 @@ impl RedisNode {
     }
 }
 
-pub(crate) fn reply_holder((present, owner, token, expires): Reply) -> Option<Holder> {
+pub(crate) fn reply_holder((present, owner, token, ttl_left): Reply) -> Option<Holder> {
     (present == 1).then_some(Holder {
         owner,
         fencing_token: token,
-        expires_at_ms: expires,
+        expires_at_ms: expiry(ttl_left),
     })
 }
 
@@ -271,7 +297,13 @@ impl LockBackend for RedisBackend {
         let reply = self.node.acquire(name, lease_id, owner, ttl).await?;
         if reply.0 == 1 {
             return Ok(TryAcquire::Acquired(Lease::new(
-                name, lease_id, owner, reply.2, reply.3, ttl, sent,
+                name,
+                lease_id,
+                owner,
+                reply.2,
+                expiry(reply.3),
+                ttl,
+                sent,
             )));
         }
         Ok(TryAcquire::Held(reply_holder((
@@ -286,8 +318,9 @@ impl LockBackend for RedisBackend {
         ttl: Duration,
     ) -> Result<Option<Lease>, LockError> {
         let sent = Instant::now();
-        let (ok, owner, token, expires) = self.node.extend(name, lease_id, ttl).await?;
-        Ok((ok == 1).then(|| Lease::new(name, lease_id, &owner, token, expires, ttl, sent)))
+        let (ok, owner, token, ttl_left) = self.node.extend(name, lease_id, ttl).await?;
+        Ok((ok == 1)
+            .then(|| Lease::new(name, lease_id, &owner, token, expiry(ttl_left), ttl, sent)))
     }
 
     async fn release(&self, name: &LockName, lease_id: &str) -> Result<bool, LockError> {

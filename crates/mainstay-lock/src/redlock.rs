@@ -4,8 +4,9 @@
 //! ttl − elapsed − drift, drift = 1% of ttl + 2 ms; on failure the partial grants are
 //! released at once. **Fencing across quorums:** each instance issues its own token (see
 //! [`crate::redis`]); the grant's token is the maximum over the granting majority, and it
-//! is written back to that majority before the lease is returned (a grant whose write-back
-//! misses a majority is released and refused). Any later grant's majority intersects this
+//! is written back to the granting instances that issued less before the lease is returned
+//! (a grant whose write-back misses a majority is released and refused). When the
+//! majority's counters are already in step, no write-back round is needed. Any later grant's majority intersects this
 //! one in an instance whose counter is already ≥ the token, so its maximum is higher.
 //!
 //! Guarantees: mutual exclusion while a majority of instances is up and keeps its data,
@@ -125,17 +126,26 @@ impl LockBackend for RedlockBackend {
         let valid = |now: Instant| now.duration_since(start) + drift < ttl;
         if granted.len() >= self.quorum() && valid(Instant::now()) {
             let token = granted.iter().map(|g| g.1).max().unwrap_or(0);
-            let raises = granted.iter().map(|(i, _)| {
+            // Write the maximum back where an instance issued less. Instances that already
+            // issued `token` hold it in both counter and lock; once a majority's counters
+            // are in step (the usual case) no write-back round is needed at all.
+            let behind: Vec<usize> = granted
+                .iter()
+                .filter(|g| g.1 < token)
+                .map(|g| g.0)
+                .collect();
+            let raises = behind.iter().map(|i| {
                 timeout(
                     self.node_timeout,
                     self.nodes[*i].raise(name, lease_id, token),
                 )
             });
-            let raised = join_all(raises)
-                .await
-                .into_iter()
-                .filter(|r| matches!(r, Ok(Ok(true))))
-                .count();
+            let raised = (granted.len() - behind.len())
+                + join_all(raises)
+                    .await
+                    .into_iter()
+                    .filter(|r| matches!(r, Ok(Ok(true))))
+                    .count();
             if raised >= self.quorum() && valid(Instant::now()) {
                 let ttl = ttl - drift;
                 let expires = mainstay_core::clock::now_ms()

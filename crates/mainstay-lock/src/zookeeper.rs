@@ -72,6 +72,12 @@ fn sequence_of(child: &str) -> Option<&str> {
     child.rsplit_once('-').map(|(_, seq)| seq)
 }
 
+/// True when `child` is the node of `lease_id` (`{lease_id}-{seq}`): exact match, so a
+/// forged prefix of someone's lease id matches nothing.
+fn is_node_of(child: &str, lease_id: &str) -> bool {
+    child.rsplit_once('-').is_some_and(|(id, _)| id == lease_id)
+}
+
 impl ZookeeperBackend {
     /// Connects to `connect` (`host:port[,host:port…]`, optionally `zk://`-prefixed) with a
     /// 10 s session timeout, under the root `/mainstay`.
@@ -241,9 +247,13 @@ impl ZookeeperBackend {
         let deadline = Instant::now() + wait.unwrap_or_default();
         let client = self.client().await?;
         let dir = self.dir(name);
+        // The node carries its expiry from the start, so an immediate grant costs no
+        // extra write; a grant after waiting rewrites it.
+        let created_at = Instant::now();
+        let created_expiry = now_ms() + ttl.as_millis() as u64;
         let data = serde_json::to_vec(&NodeData {
             owner: owner.to_string(),
-            expires_at_ms: 0,
+            expires_at_ms: created_expiry,
         })
         .map_err(zk_err)?;
         let opts = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
@@ -263,21 +273,27 @@ impl ZookeeperBackend {
         };
         let (stat, _) = created.map_err(zk_err)?;
         let outcome = async {
+            let mut waited = false;
             loop {
                 let queue = self.queue(&client, &dir).await?;
-                let Some(pos) = queue.iter().position(|c| c.starts_with(lease_id)) else {
+                let Some(pos) = queue.iter().position(|c| is_node_of(c, lease_id)) else {
                     return Err(zk_err("our lock node vanished (session expired?)"));
                 };
                 if pos == 0 {
                     let path = format!("{dir}/{}", queue[0]);
-                    let sent = Instant::now();
-                    let expires_at_ms = now_ms() + ttl.as_millis() as u64;
-                    let data = serde_json::to_vec(&NodeData {
-                        owner: owner.to_string(),
-                        expires_at_ms,
-                    })
-                    .map_err(zk_err)?;
-                    client.set_data(&path, &data, None).await.map_err(zk_err)?;
+                    let (sent, expires_at_ms) = if waited {
+                        let sent = Instant::now();
+                        let expires_at_ms = now_ms() + ttl.as_millis() as u64;
+                        let data = serde_json::to_vec(&NodeData {
+                            owner: owner.to_string(),
+                            expires_at_ms,
+                        })
+                        .map_err(zk_err)?;
+                        client.set_data(&path, &data, None).await.map_err(zk_err)?;
+                        (sent, expires_at_ms)
+                    } else {
+                        (created_at, created_expiry)
+                    };
                     self.leases
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -302,6 +318,7 @@ impl ZookeeperBackend {
                 if wait.is_none() || Instant::now() >= deadline {
                     return Ok(TryAcquire::Held(self.holder_in(&client, &dir).await?));
                 }
+                waited = true;
                 let predecessor = format!("{dir}/{}", queue[pos - 1]);
                 let (exists, watcher) = client
                     .check_and_watch_stat(&predecessor)
@@ -318,7 +335,7 @@ impl ZookeeperBackend {
         .await;
         if !matches!(outcome, Ok(TryAcquire::Acquired(_))) {
             if let Ok(queue) = self.queue(&client, &dir).await {
-                for child in queue.iter().filter(|c| c.starts_with(lease_id)) {
+                for child in queue.iter().filter(|c| is_node_of(c, lease_id)) {
                     let _ = client.delete(&format!("{dir}/{child}"), None).await;
                 }
             }
@@ -407,16 +424,28 @@ impl LockBackend for ZookeeperBackend {
         )))
     }
 
-    async fn release(&self, _name: &LockName, lease_id: &str) -> Result<bool, LockError> {
-        let Some(local) = self
+    async fn release(&self, name: &LockName, lease_id: &str) -> Result<bool, LockError> {
+        let client = self.client().await?;
+        let local = self
             .leases
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(lease_id)
-        else {
+            .remove(lease_id);
+        let Some(local) = local else {
+            // Not granted here: an acquire abandoned mid-queue may have left its node. The
+            // create was sent on this same session before this listing, and ZooKeeper
+            // answers a session's requests in order, so the node is visible now if it exists.
+            let dir = self.dir(name);
+            for child in self
+                .queue(&client, &dir)
+                .await?
+                .iter()
+                .filter(|c| is_node_of(c, lease_id))
+            {
+                let _ = client.delete(&format!("{dir}/{child}"), None).await;
+            }
             return Ok(false);
         };
-        let client = self.client().await?;
         match client.delete(&local.path, None).await {
             Ok(()) => Ok(local.expires > Instant::now()),
             Err(zk::Error::NoNode) => Ok(false),
