@@ -67,20 +67,21 @@ fn default_owner() -> String {
 }
 
 /// Releases a lease id in the background when an acquire is dropped before it finished.
-struct ReleaseOnDrop {
-    backend: Arc<dyn LockBackend>,
-    name: LockName,
-    lease_id: String,
+/// Borrows on the happy path; clones only when it must act.
+struct ReleaseOnDrop<'a> {
+    backend: &'a Arc<dyn LockBackend>,
+    name: &'a LockName,
+    lease_id: &'a str,
     armed: bool,
 }
 
-impl ReleaseOnDrop {
+impl ReleaseOnDrop<'_> {
     fn disarm(mut self) {
         self.armed = false;
     }
 }
 
-impl Drop for ReleaseOnDrop {
+impl Drop for ReleaseOnDrop<'_> {
     fn drop(&mut self) {
         if !self.armed {
             return;
@@ -89,7 +90,7 @@ impl Drop for ReleaseOnDrop {
             let (backend, name, lease_id) = (
                 self.backend.clone(),
                 self.name.clone(),
-                std::mem::take(&mut self.lease_id),
+                self.lease_id.to_string(),
             );
             handle.spawn(async move {
                 let _ = backend.release(&name, &lease_id).await;
@@ -196,9 +197,9 @@ impl LockClient {
         // or not its reply ever arrived (a ZooKeeper node or etcd key left behind would
         // block every later waiter).
         let guard = ReleaseOnDrop {
-            backend: self.backend.clone(),
-            name: name.clone(),
-            lease_id: lease_id.clone(),
+            backend: &self.backend,
+            name,
+            lease_id: &lease_id,
             armed: true,
         };
         let outcome = if opts.wait.is_zero() {

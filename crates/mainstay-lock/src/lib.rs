@@ -21,6 +21,28 @@
 //! stale holders' writes fail. [`KeepAlive::lost`] fires *before* the backend's expiry when
 //! renewal fails, so a well-behaved holder stops in time; the fence catches the rest.
 //!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use mainstay_lock::{AcquireOptions, LockClient, LockError};
+//! use std::time::Duration;
+//!
+//! # let dir = tempfile::tempdir()?;
+//! let locks = LockClient::new(mainstay_lock::sqlite::SqliteBackend::open(dir.path().join("locks.db"))?);
+//! let lease = locks.acquire("invoices", &AcquireOptions::ttl(Duration::from_secs(30)).owner("billing-1")).await?;
+//! // Someone else is refused and told who holds the lock.
+//! match locks.try_acquire("invoices", &AcquireOptions::ttl(Duration::from_secs(30))).await {
+//!     Err(LockError::Busy { holder: Some(h), .. }) => assert_eq!(h.owner, "billing-1"),
+//!     other => panic!("{other:?}"),
+//! }
+//! let guard = locks.keep_alive(lease)?; // renews every ttl/3; guard.lost() fires if it cannot
+//! let token = guard.fencing_token();    // pass it to the resource with every write
+//! assert!(guard.release().await?);
+//! let next = locks.try_acquire("invoices", &AcquireOptions::ttl(Duration::from_secs(30))).await?;
+//! assert!(next.fencing_token > token);
+//! # Ok(()) }
+//! ```
+//!
 //! Tokens never go backwards within a [`LockClient`]: a grant whose token is not above the
 //! highest this client has seen for that name is released and refused
 //! ([`LockError::FencingRegression`]), which catches a backend that lost its counter.

@@ -2,9 +2,8 @@
 //!
 //! A lock is a string `{prefix}lock:{name}` (lease id, token, owner) with a `PX` ttl;
 //! grant, extend and release are Lua scripts, so each check-and-act is atomic. The fencing
-//! counter `{prefix}fence:{name}` never expires and survives release; every attempt
-//! increments it (a refused attempt leaves a gap), so tokens strictly increase but are not
-//! consecutive.
+//! counter `{prefix}fence:{name}` never expires and survives release; it moves only on a
+//! successful grant, so while a lock is held it equals the holder's token.
 //!
 //! **Tokens across a Redis restart.** A Redis without persistence loses the counter. The
 //! counter is therefore created (`SET NX`) at the server's current `TIME` in microseconds
@@ -31,28 +30,28 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-// A lock is one string `{lease_id}\n{token}\n{owner}` with a PX ttl. Scripts get ARGV[1] =
-// `{lease_id}\n` (built by the client, see `id_arg`); comparing that prefix is an exact
+// A lock is one string `{lease_id}\n{owner}` with a PX ttl, built by the client. The fence
+// counter moves only when a grant succeeds, so while a lock is held the counter *is* the
+// holder's token (nobody else can be granted until the key is gone). Scripts that check
+// ownership get ARGV[1] = `{lease_id}\n` (see `id_arg`); comparing that prefix is an exact
 // lease-id match because lease ids contain no newline.
 
-/// Grant: `{granted, owner, token, ttl_left_ms}`; when held, the holder's fields.
-/// The fence counter is seeded from `TIME` (µs) when it is first created, then incremented
-/// once per attempt; an attempt that finds the lock held leaves a gap, never a repeat.
+/// Grant: `{granted, owner, token, ttl_left_ms}`; when held, the holder's fields. The
+/// counter is seeded from `TIME` (µs) when first created, then incremented per grant.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local token = redis.call('INCR', KEYS[2])
-if token == 1 then
-  local t = redis.call('TIME')
-  token = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  redis.call('SET', KEYS[2], string.format('%d', token))
-end
-if redis.call('SET', KEYS[1], ARGV[1] .. string.format('%d', token) .. '\n' .. ARGV[2], 'NX', 'PX', ARGV[3]) then
-  return {1, ARGV[2], token, tonumber(ARGV[3])}
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local token = redis.call('INCR', KEYS[2])
+  if token == 1 then
+    local t = redis.call('TIME')
+    token = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    redis.call('SET', KEYS[2], string.format('%d', token))
+  end
+  return {1, '', token, tonumber(ARGV[2])}
 end
 local held = redis.call('GET', KEYS[1]) or ''
-local _, held_token, owner = string.match(held, '^([^\n]*)\n(%d+)\n(.*)$')
-return {0, owner or '', tonumber(held_token or '0'), redis.call('PTTL', KEYS[1])}
+return {0, string.match(held, '\n(.*)$') or '', tonumber(redis.call('GET', KEYS[2]) or '0'), redis.call('PTTL', KEYS[1])}
 ",
     )
 });
@@ -63,8 +62,7 @@ static EXTEND: LazyLock<Script> = LazyLock::new(|| {
 local held = redis.call('GET', KEYS[1])
 if not held or string.sub(held, 1, #ARGV[1]) ~= ARGV[1] then return {0, '', 0, 0} end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-local _, token, owner = string.match(held, '^([^\n]*)\n(%d+)\n(.*)$')
-return {1, owner, tonumber(token), tonumber(ARGV[2])}
+return {1, string.sub(held, #ARGV[1] + 1), tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ARGV[2])}
 ",
     )
 });
@@ -84,14 +82,13 @@ static HOLDER: LazyLock<Script> = LazyLock::new(|| {
         r"
 local held = redis.call('GET', KEYS[1])
 if not held then return {0, '', 0, 0} end
-local _, token, owner = string.match(held, '^([^\n]*)\n(%d+)\n(.*)$')
-return {1, owner, tonumber(token), redis.call('PTTL', KEYS[1])}
+return {1, string.match(held, '\n(.*)$') or '', tonumber(redis.call('GET', KEYS[2]) or '0'), redis.call('PTTL', KEYS[1])}
 ",
     )
 });
 
-/// Raises the fence counter to at least ARGV[2] and stamps the lock with it, if ARGV[1]
-/// still holds the lock (Redlock's write-back round).
+/// Raises the fence counter (the holder's token) to at least ARGV[2], if ARGV[1] still
+/// holds the lock (Redlock's write-back round).
 static RAISE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -99,8 +96,6 @@ local held = redis.call('GET', KEYS[1])
 if not held or string.sub(held, 1, #ARGV[1]) ~= ARGV[1] then return 0 end
 local c = tonumber(redis.call('GET', KEYS[2]) or '0')
 if c < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
-local _, _, owner = string.match(held, '^([^\n]*)\n(%d+)\n(.*)$')
-redis.call('SET', KEYS[1], ARGV[1] .. ARGV[2] .. '\n' .. owner, 'KEEPTTL')
 return 1
 ",
     )
@@ -167,11 +162,12 @@ impl RedisNode {
     ) -> Result<Reply, LockError> {
         let (lock, fence) = (self.lock_key(name), self.fence_key(name));
         let mut conn = self.conn.clone();
+        let mut value = Self::id_arg(lease_id);
+        value.push_str(owner);
         ACQUIRE
             .key(lock)
             .key(fence)
-            .arg(Self::id_arg(lease_id))
-            .arg(owner)
+            .arg(value)
             .arg(ttl.as_millis() as u64)
             .invoke_async(&mut conn)
             .await
@@ -184,10 +180,11 @@ impl RedisNode {
         lease_id: &str,
         ttl: Duration,
     ) -> Result<Reply, LockError> {
-        let lock = self.lock_key(name);
+        let (lock, fence) = (self.lock_key(name), self.fence_key(name));
         let mut conn = self.conn.clone();
         EXTEND
             .key(lock)
+            .key(fence)
             .arg(Self::id_arg(lease_id))
             .arg(ttl.as_millis() as u64)
             .invoke_async(&mut conn)
@@ -208,10 +205,11 @@ impl RedisNode {
     }
 
     pub(crate) async fn holder(&self, name: &LockName) -> Result<Option<Holder>, LockError> {
-        let lock = self.lock_key(name);
+        let (lock, fence) = (self.lock_key(name), self.fence_key(name));
         let mut conn = self.conn.clone();
         let r: Reply = HOLDER
             .key(lock)
+            .key(fence)
             .invoke_async(&mut conn)
             .await
             .map_err(redis_err)?;
