@@ -58,6 +58,16 @@ struct Entry {
     owner: String,
 }
 
+/// One keep-alive round trip on an open keep-alive stream.
+async fn renew(
+    keeper: &mut etcd_client::LeaseKeeper,
+    responses: &mut etcd_client::LeaseKeepAliveStream,
+) -> Result<(), LockError> {
+    keeper.keep_alive().await.map_err(etcd_err)?;
+    responses.message().await.map_err(etcd_err)?;
+    Ok(())
+}
+
 fn entry_of(kv: &etcd_client::KeyValue) -> Entry {
     Entry {
         key: kv.key().to_vec(),
@@ -289,18 +299,22 @@ impl EtcdBackend {
     ) -> Result<TryAcquire, LockError> {
         let start = Instant::now();
         let (revision, lease, granted_ttl, head) = self.enqueue(name, lease_id, owner, ttl).await?;
-        // First in line at our put: the lease's ttl started at the grant, after `start`.
-        if head.as_ref().is_some_and(|h| h.create_revision == revision) {
+        // The grant, with the ttl counted from `sent` (etcd started it later).
+        let granted = |sent: Instant| {
             let expires = now_ms() + granted_ttl.as_millis() as u64;
-            return Ok(TryAcquire::Acquired(Lease::new(
+            TryAcquire::Acquired(Lease::new(
                 name,
                 lease_id,
                 owner,
                 revision as u64,
                 expires,
                 granted_ttl,
-                start,
-            )));
+                sent,
+            ))
+        };
+        // First in line at our put: the lease's ttl started at the grant, after `start`.
+        if head.as_ref().is_some_and(|h| h.create_revision == revision) {
+            return Ok(granted(start));
         }
         let Some(wait) = wait else {
             self.revoke(lease).await;
@@ -326,18 +340,8 @@ impl EtcdBackend {
                 let Some(pred) = self.predecessor(name, revision).await? else {
                     // First in line. Renew once more so the ttl counts from about now.
                     let sent = Instant::now();
-                    keeper.keep_alive().await.map_err(etcd_err)?;
-                    let _ = responses.message().await.map_err(etcd_err)?;
-                    let expires = now_ms() + granted_ttl.as_millis() as u64;
-                    return Ok(TryAcquire::Acquired(Lease::new(
-                        name,
-                        lease_id,
-                        owner,
-                        revision as u64,
-                        expires,
-                        granted_ttl,
-                        sent,
-                    )));
+                    renew(&mut keeper, &mut responses).await?;
+                    return Ok(granted(sent));
                 };
                 if Instant::now() >= deadline {
                     return Ok(TryAcquire::Held(Some(
@@ -350,8 +354,7 @@ impl EtcdBackend {
                 if !self.wait_deleted(pred.key, revision, step).await?
                     && Instant::now() >= next_keepalive
                 {
-                    keeper.keep_alive().await.map_err(etcd_err)?;
-                    let _ = responses.message().await.map_err(etcd_err)?;
+                    renew(&mut keeper, &mut responses).await?;
                     next_keepalive = Instant::now() + granted_ttl / 3;
                 }
             }

@@ -1,9 +1,9 @@
 //! Guarantees every backend must give, run against each real engine.
 
 use crate::common::Env;
-use crate::per_backend;
 use futures::StreamExt;
 use mainstay_lock::{AcquireOptions, BackendKind, Election, LockError};
+use mainstay_testkit::per_backend;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -11,10 +11,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+mod backends;
 mod process;
 mod proxy;
 mod servers;
 
+pub use backends::FreshBackend;
+pub use mainstay_core::config::BackendKind;
 pub use process::Process;
 pub use proxy::{ProxyMode, TcpProxy};
 pub use servers::{

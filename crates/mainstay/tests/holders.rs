@@ -4,63 +4,23 @@
 use crate::common::mainstay;
 use mainstay_lock::fence;
 use mainstay_lock::{AcquireOptions, BackendKind, LockClient};
-use mainstay_testkit::{
-    shared_etcd, shared_postgres, shared_redis, shared_zookeeper, unique, HasUrl, Process,
-    RedisServer,
-};
+use mainstay_testkit::{per_backend, shared_postgres, shared_redis, unique, FreshBackend, Process};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use std::any::Any;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const TTL: Duration = Duration::from_secs(2);
 
 /// The backend's URL for `mainstay --backend-url`, and what must outlive the test.
-async fn backend_url(
-    kind: BackendKind,
-    dir: &std::path::Path,
-) -> (String, Vec<Box<dyn Any + Send>>) {
-    let mut keep: Vec<Box<dyn Any + Send>> = Vec::new();
+async fn backend_url(kind: BackendKind) -> (String, FreshBackend) {
+    let fresh = FreshBackend::new(kind).await.unwrap();
     let url = match kind {
-        BackendKind::Sqlite => dir.join("locks.db").display().to_string(),
-        BackendKind::Postgres => {
-            let pg = shared_postgres();
-            let url = pg.database().await.unwrap();
-            keep.push(Box::new(pg));
-            url
-        }
-        BackendKind::Redis => {
-            let r = shared_redis();
-            let url = r.url();
-            keep.push(Box::new(r));
-            url
-        }
-        BackendKind::Redlock => {
-            let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start().unwrap()).collect();
-            let url = servers
-                .iter()
-                .map(|s| s.url())
-                .collect::<Vec<_>>()
-                .join(",");
-            keep.push(Box::new(servers));
-            url
-        }
-        BackendKind::Etcd => {
-            let e = shared_etcd();
-            let url = e.url();
-            keep.push(Box::new(e));
-            url
-        }
-        BackendKind::Zookeeper => {
-            let z = shared_zookeeper();
-            // The holder's session must expire soon after it is paused.
-            let url = format!("{}?session_timeout=1s", z.url());
-            keep.push(Box::new(z));
-            url
-        }
+        // The holder's session must expire soon after it is paused.
+        BackendKind::Zookeeper => format!("{}?session_timeout=1s", fresh.url()),
+        _ => fresh.url(),
     };
-    (url, keep)
+    (url, fresh)
 }
 
 struct Holder {
@@ -129,7 +89,7 @@ async fn client(kind: BackendKind, url: &str, dir: &std::path::Path) -> LockClie
 /// the guards reject the first holder's token; resumed, `lock run` notices and exits 76.
 async fn paused_holder_is_fenced(kind: BackendKind) {
     let dir = tempfile::tempdir().unwrap();
-    let (url, _keep) = backend_url(kind, dir.path()).await;
+    let (url, _backend) = backend_url(kind).await;
     let name = unique("fenced");
     let mut holder = start_holder(kind, &url, dir.path(), &name).await;
     holder.process.pause().unwrap();
@@ -203,7 +163,7 @@ async fn paused_holder_is_fenced(kind: BackendKind) {
 /// kill -9 of the holder: the lock is free again after its ttl.
 async fn crashed_holder_frees_lock(kind: BackendKind) {
     let dir = tempfile::tempdir().unwrap();
-    let (url, _keep) = backend_url(kind, dir.path()).await;
+    let (url, _backend) = backend_url(kind).await;
     let name = unique("crash");
     let mut holder = start_holder(kind, &url, dir.path(), &name).await;
     holder.process.kill();
@@ -236,36 +196,5 @@ async fn wait_exit(p: &mut Process, timeout: Duration) -> Option<i32> {
     None
 }
 
-macro_rules! per_backend {
-    ($name:ident) => {
-        mod $name {
-            use mainstay_lock::BackendKind;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(BackendKind::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(BackendKind::Postgres).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                super::$name(BackendKind::Redis).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redlock() {
-                super::$name(BackendKind::Redlock).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn etcd() {
-                super::$name(BackendKind::Etcd).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn zookeeper() {
-                super::$name(BackendKind::Zookeeper).await
-            }
-        }
-    };
-}
 per_backend!(paused_holder_is_fenced);
 per_backend!(crashed_holder_frees_lock);
