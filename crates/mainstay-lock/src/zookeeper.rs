@@ -13,6 +13,9 @@
 //! server's min/max). A lease therefore belongs to the process that acquired it: another
 //! Mainstay process cannot extend or release it. The visible expiry is stored in the node.
 //!
+//! A lease's ttl is capped at the negotiated session timeout (the session's end ends the
+//! lease anyway), so [`crate::KeepAlive::lost`] fires before ZooKeeper can expire it.
+//!
 //! Limits: a paused holder learns nothing until it resumes (fence the resource); zxids
 //! restart if the ensemble's data is wiped (the client's regression check refuses then).
 
@@ -61,6 +64,14 @@ impl std::fmt::Debug for ZookeeperBackend {
 
 fn zk_err(e: impl std::fmt::Display) -> LockError {
     LockError::backend("zookeeper", e)
+}
+
+/// A lease cannot outlive its session: when this process is cut off, ZooKeeper deletes the
+/// node once the session times out, whatever the ttl. Capping the ttl at the negotiated
+/// session timeout keeps the local deadline (and so `lost()`) ahead of that: a renewal
+/// that succeeded proves the server heard from the session after the request was sent.
+fn capped(ttl: Duration, client: &zk::Client) -> Duration {
+    ttl.min(client.session_timeout())
 }
 
 /// Escapes a lock name into one path segment (`election/x` contains a `/`).
@@ -246,6 +257,7 @@ impl ZookeeperBackend {
     ) -> Result<TryAcquire, LockError> {
         let deadline = Instant::now() + wait.unwrap_or_default();
         let client = self.client().await?;
+        let ttl = capped(ttl, &client);
         let dir = self.dir(name);
         // The node carries its expiry from the start, so an immediate grant costs no
         // extra write; a grant after waiting rewrites it.
@@ -389,6 +401,7 @@ impl LockBackend for ZookeeperBackend {
             _ => return Ok(None),
         };
         let client = self.client().await?;
+        let ttl = capped(ttl, &client);
         let sent = Instant::now();
         let (owner, token) = match self.node_holder(&client, &path).await? {
             Some(h) => (h.owner, h.fencing_token),

@@ -182,9 +182,14 @@ async fn zookeeper_grants_waiters_in_fifo_order() {
     let ns = unique("fifo").to_lowercase();
     let urls = vec![zk.url()];
     let holder = connect(BackendKind::Zookeeper, &urls, &ns).await;
+    // Kept alive: ZooKeeper caps a lease's ttl at the session timeout (2 s here).
     let first = holder
-        .try_acquire("f", &opts(60_000).owner("holder"))
-        .await
+        .keep_alive(
+            holder
+                .try_acquire("f", &opts(60_000).owner("holder"))
+                .await
+                .unwrap(),
+        )
         .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let observer = connect(BackendKind::Zookeeper, &urls, &ns).await;
@@ -222,7 +227,7 @@ async fn zookeeper_grants_waiters_in_fifo_order() {
         .unwrap();
     }
     assert_eq!(observer.holder("f").await.unwrap().unwrap().owner, "holder");
-    assert!(holder.release("f", &first.lease_id).await.unwrap());
+    assert!(first.release().await.unwrap());
     let mut order = Vec::new();
     for _ in 0..20 {
         order.push(rx.recv().await.unwrap());
@@ -341,6 +346,14 @@ async fn lost_fires_before_expiry_postgres() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_fires_before_expiry_zookeeper() {
+    // The test clients' sessions time out after 2 s; the 3 s ttl is capped to that.
+    let z = mainstay_testkit::shared_zookeeper();
+    let url = z.url();
+    lost_fires_before_expiry(BackendKind::Zookeeper, url.clone(), |p| p.addr(), url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_fires_before_expiry_etcd() {
     let e = shared_etcd();
     let url = e.url();
@@ -387,4 +400,54 @@ async fn abandoned_waiter_does_not_block_zookeeper() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_waiter_does_not_block_etcd() {
     abandoned_waiter_does_not_block(BackendKind::Etcd).await;
+}
+
+/// Redlock: with every instance black-holed, `lost()` fires while a majority still holds
+/// the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_fires_before_expiry_redlock() {
+    let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start().unwrap()).collect();
+    let proxies: Vec<TcpProxy> = servers
+        .iter()
+        .map(|s| TcpProxy::start(&format!("127.0.0.1:{}", s.port())).unwrap())
+        .collect();
+    let through: Vec<String> = proxies
+        .iter()
+        .map(|p| format!("redis://{}/", p.addr()))
+        .collect();
+    let direct: Vec<String> = servers.iter().map(|s| s.url()).collect();
+    let ns = unique("lostrl").to_lowercase();
+    let client = connect(BackendKind::Redlock, &through, &ns).await;
+    let ttl = Duration::from_secs(3);
+    let ka = client
+        .keep_alive(
+            client
+                .try_acquire("l", &AcquireOptions::ttl(ttl).owner("cut-off"))
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+    let initial = ka.lease().expires_at_ms;
+    mainstay_testkit::eventually(ttl * 2, "first renewal", || {
+        let current = ka.lease().expires_at_ms;
+        async move { current > initial }
+    })
+    .await
+    .unwrap();
+    for p in &proxies {
+        p.set_mode(ProxyMode::Blackhole);
+    }
+    tokio::time::timeout(ttl * 2, ka.lost())
+        .await
+        .expect("lost() did not fire");
+    let holder = connect(BackendKind::Redlock, &direct, &ns)
+        .await
+        .holder("l")
+        .await
+        .unwrap();
+    assert_eq!(
+        holder.map(|h| h.owner),
+        Some("cut-off".to_string()),
+        "lost() fired only after a majority expired the lease"
+    );
 }
