@@ -228,6 +228,43 @@ async fn main() {
         )
         .await;
         redis_ratio = row("redis", "raw SET NX PX + EVALSHA del (redis-rs)", r);
+        // The seed's client: EVAL with the script text on every release.
+        let del_src = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+        let r = compare(
+            cycles,
+            |_| cycle(&ours, "r"),
+            |_| {
+                let mut conn = conn.clone();
+                async move {
+                    let token = mainstay_core::id::unguessable();
+                    let ok: Option<String> = redis::cmd("SET")
+                        .arg("raw:r")
+                        .arg(&token)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(30_000)
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
+                    assert!(ok.is_some());
+                    let n: i64 = redis::cmd("EVAL")
+                        .arg(del_src)
+                        .arg(1)
+                        .arg("raw:r")
+                        .arg(&token)
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
+                    assert_eq!(n, 1);
+                }
+            },
+        )
+        .await;
+        row(
+            "redis",
+            "raw SET NX PX + EVAL del, script sent each time (the seed's client)",
+            r,
+        );
     }
 
     // Redlock over 3 instances: our backend (with fencing write-back) vs the rslock crate.

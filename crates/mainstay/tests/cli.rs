@@ -166,3 +166,151 @@ fn lock_run_passes_exit_status_and_reports_busy() {
         .unwrap();
     assert!(ok.status.success());
 }
+
+/// `mainstay fence install` puts working guards into PostgreSQL and Redis.
+#[tokio::test]
+async fn fence_install_for_postgres_and_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = mainstay_testkit::shared_postgres();
+    let db = pg.database().await.unwrap();
+    let out = mainstay(dir.path())
+        .args(["fence", "install", "--postgres", &db])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (client, conn) = tokio_postgres::connect(&db, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .execute("SELECT mainstay_fence_check('r', 5)", &[])
+        .await
+        .unwrap();
+    let err = client
+        .execute("SELECT mainstay_fence_check('r', 4)", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.as_db_error().map(|d| d.code().code()), Some("MSF01"));
+
+    let redis = mainstay_testkit::shared_redis();
+    let out = mainstay(dir.path())
+        .args(["fence", "install", "--redis", &redis.url()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = mainstay_testkit::unique("fenced");
+    let ok: redis::RedisResult<redis::Value> = redis::cmd("FCALL")
+        .arg("mainstay_fenced_set")
+        .arg(2)
+        .arg(&key)
+        .arg(format!("{key}:f"))
+        .arg(9)
+        .arg("v")
+        .query_async(&mut conn)
+        .await;
+    assert!(ok.is_ok());
+    let stale: redis::RedisResult<redis::Value> = redis::cmd("FCALL")
+        .arg("mainstay_fenced_set")
+        .arg(2)
+        .arg(&key)
+        .arg(format!("{key}:f"))
+        .arg(8)
+        .arg("w")
+        .query_async(&mut conn)
+        .await;
+    assert!(stale
+        .unwrap_err()
+        .to_string()
+        .contains("STALE_FENCING_TOKEN"));
+
+    let bad = mainstay(dir.path())
+        .args(["fence", "install"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success(), "install without a target must fail");
+}
+
+/// The backend comes from mainstay.toml unless a flag or env var overrides it.
+#[tokio::test]
+async fn backend_is_chosen_by_config_file_env_and_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = mainstay_testkit::shared_redis();
+    std::fs::write(
+        dir.path().join("mainstay.toml"),
+        format!("[lock]\nbackend = \"redis\"\nurl = \"{}\"\n", redis.url()),
+    )
+    .unwrap();
+    let name = mainstay_testkit::unique("cfg");
+    let out = mainstay(dir.path())
+        .args([
+            "lock",
+            "acquire",
+            &name,
+            "--ttl",
+            "60s",
+            "--owner",
+            "from-config",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The lock is in Redis, not in a SQLite file.
+    let direct = mainstay_lock::LockClient::new(
+        mainstay_lock::redis::RedisBackend::connect(&redis.url())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        direct.holder(&name).await.unwrap().map(|h| h.owner),
+        Some("from-config".into())
+    );
+    assert!(!dir.path().join("mainstay-data").exists());
+    // The env var overrides the file; the flag overrides both.
+    let status = |args: &[&str], env: Option<(&str, &str)>| {
+        let mut cmd = mainstay(dir.path());
+        cmd.args(args);
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let via_env = status(
+        &["lock", "status", &name],
+        Some(("MAINSTAY_LOCK_BACKEND", "sqlite")),
+    );
+    assert_eq!(
+        via_env["held"], false,
+        "env should have selected the (empty) SQLite backend"
+    );
+    let via_flag = status(
+        &[
+            "--backend",
+            "redis",
+            "--backend-url",
+            &redis.url(),
+            "lock",
+            "status",
+            &name,
+        ],
+        Some(("MAINSTAY_LOCK_BACKEND", "sqlite")),
+    );
+    assert_eq!(via_flag["holder"]["owner"], "from-config");
+}
