@@ -1,0 +1,720 @@
+//! Circuit breaker (seed Part II §3): CLOSED → OPEN → HALF_OPEN → CLOSED.
+//!
+//! CLOSED records each call's outcome in a count-based sliding window; once at least
+//! `minimum_calls` are in it and the failure rate or the slow-call rate reaches its
+//! threshold, the breaker OPENs and rejects calls for `wait_in_open`. The next call after
+//! that moves it to HALF_OPEN, which admits **at most** `permitted_calls_in_half_open`
+//! trial calls; when all of them have reported, the breaker CLOSEs (rates under the
+//! thresholds) or OPENs again. `max_wait_in_half_open` re-opens a half-open breaker whose
+//! trials never report.
+//!
+//! Guarantees:
+//! - The state is one atomic word (generation, state, half-open admissions) changed only
+//!   by compare-and-swap, so HALF_OPEN never admits more than the permitted trials however
+//!   many callers race (resilience4j #1090, #2028; Polly #216).
+//! - Every permit carries the generation it was issued in; a result that arrives after the
+//!   breaker moved on is counted as ignored and changes nothing.
+//! - A permit dropped without a result (a cancelled call) gives its half-open slot back, so
+//!   a cancelled trial cannot wedge the breaker in HALF_OPEN.
+//! - The CLOSED hot path takes no lock and allocates nothing.
+//!
+//! Limits: the window's totals are exact once concurrent recorders finish, approximate by
+//! at most the number of in-flight recordings while they run. The time-based window is not
+//! built yet (see the crate docs).
+
+mod window;
+
+#[cfg(test)]
+mod tests;
+
+use arc_swap::ArcSwap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use window::{CountWindow, Sample};
+
+/// The breaker's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Calls flow; outcomes are recorded.
+    Closed,
+    /// Calls are rejected until the wait in OPEN has passed.
+    Open,
+    /// A limited number of trial calls decide between CLOSED and OPEN.
+    HalfOpen,
+    /// Manually disabled: every call is permitted and nothing is recorded.
+    Disabled,
+    /// Manually forced open: every call is rejected.
+    ForcedOpen,
+}
+
+/// A state change, as sent to [`CircuitBreaker::subscribe`]rs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// State before.
+    pub from: State,
+    /// State after.
+    pub to: State,
+}
+
+/// How a call's result counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Counts as a success (slow if it took longer than `slow_call_duration`).
+    Success,
+    /// Counts as a failure.
+    Failure,
+    /// Not counted at all (e.g. a client error that says nothing about the dependency).
+    Ignore,
+}
+
+/// A call the breaker refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("circuit breaker is {state:?}; call not permitted")]
+pub struct Rejected {
+    /// The state that refused.
+    pub state: State,
+}
+
+/// The error of [`CircuitBreaker::call`].
+#[derive(Debug, thiserror::Error)]
+pub enum CallError<E> {
+    /// The breaker refused the call; it was not made.
+    #[error(transparent)]
+    Rejected(Rejected),
+    /// The call was made and failed.
+    #[error("{0}")]
+    Inner(E),
+}
+
+/// A configuration the builder refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid circuit breaker setting {setting}: {reason}")]
+pub struct ConfigError {
+    /// The setting.
+    pub setting: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+/// Counters since the breaker was built.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// Calls that reported success (including slow ones).
+    pub successful: u64,
+    /// Calls that reported failure.
+    pub failed: u64,
+    /// Calls slower than `slow_call_duration` (success or failure).
+    pub slow: u64,
+    /// Calls refused.
+    pub rejected: u64,
+    /// Results ignored: classified `Ignore`, or late from an earlier period.
+    pub ignored: u64,
+    /// Failures in the current window.
+    pub window_failures: u32,
+    /// Calls in the current window.
+    pub window_calls: u32,
+}
+
+#[derive(Clone, Debug)]
+struct Config {
+    failure_rate_threshold: f32,
+    slow_call_rate_threshold: f32,
+    slow_call_duration: Duration,
+    window_size: u32,
+    minimum_calls: u32,
+    wait_in_open: Duration,
+    permitted_in_half_open: u32,
+    max_wait_in_half_open: Option<Duration>,
+}
+
+/// Builds a [`CircuitBreaker`]. Defaults follow resilience4j's.
+#[derive(Clone, Debug)]
+pub struct Builder {
+    config: Config,
+}
+
+impl Builder {
+    /// Failure rate (percent of the window) at or above which the breaker opens.
+    /// Default: 50.
+    pub fn failure_rate_threshold(mut self, percent: f32) -> Self {
+        self.config.failure_rate_threshold = percent;
+        self
+    }
+
+    /// Slow-call rate (percent of the window) at or above which the breaker opens.
+    /// Default: 100 (opens only if every call in a full window is slow).
+    pub fn slow_call_rate_threshold(mut self, percent: f32) -> Self {
+        self.config.slow_call_rate_threshold = percent;
+        self
+    }
+
+    /// Calls taking at least this long count as slow. Default: 60 s.
+    pub fn slow_call_duration(mut self, d: Duration) -> Self {
+        self.config.slow_call_duration = d;
+        self
+    }
+
+    /// Number of most recent calls the window covers. Default: 100. At most 65 535.
+    pub fn sliding_window_size(mut self, calls: u32) -> Self {
+        self.config.window_size = calls;
+        self
+    }
+
+    /// Calls the window must hold before rates are evaluated. Default: 100 (capped at the
+    /// window size).
+    pub fn minimum_calls(mut self, calls: u32) -> Self {
+        self.config.minimum_calls = calls;
+        self
+    }
+
+    /// How long OPEN rejects calls before trials are allowed. Default: 60 s.
+    pub fn wait_in_open(mut self, d: Duration) -> Self {
+        self.config.wait_in_open = d;
+        self
+    }
+
+    /// Trial calls HALF_OPEN admits (a hard cap). Default: 10. At most 1000.
+    pub fn permitted_calls_in_half_open(mut self, calls: u32) -> Self {
+        self.config.permitted_in_half_open = calls;
+        self
+    }
+
+    /// Re-open a HALF_OPEN breaker whose trials have not all reported after this long.
+    /// Default: none (wait for every trial).
+    pub fn max_wait_in_half_open(mut self, d: Duration) -> Self {
+        self.config.max_wait_in_half_open = Some(d);
+        self
+    }
+
+    /// Validates and builds.
+    pub fn build(self) -> Result<CircuitBreaker, ConfigError> {
+        let c = &self.config;
+        let bad = |setting, reason: &str| {
+            Err(ConfigError {
+                setting,
+                reason: reason.to_string(),
+            })
+        };
+        for (setting, v) in [
+            ("failure_rate_threshold", c.failure_rate_threshold),
+            ("slow_call_rate_threshold", c.slow_call_rate_threshold),
+        ] {
+            if !(v > 0.0 && v <= 100.0) {
+                return bad(setting, "must be in (0, 100] percent");
+            }
+        }
+        if c.window_size == 0 || c.window_size > u16::MAX as u32 {
+            return bad("sliding_window_size", "must be in 1..=65535");
+        }
+        if c.minimum_calls == 0 {
+            return bad("minimum_calls", "must be at least 1");
+        }
+        if c.permitted_in_half_open == 0 || c.permitted_in_half_open > MAX_TRIALS {
+            return bad("permitted_calls_in_half_open", "must be in 1..=1000");
+        }
+        if c.slow_call_duration.is_zero() {
+            return bad("slow_call_duration", "must be positive");
+        }
+        let mut config = self.config;
+        config.minimum_calls = config.minimum_calls.min(config.window_size);
+        let (events, _) = broadcast::channel(64);
+        Ok(CircuitBreaker {
+            inner: Arc::new(Inner {
+                window: ArcSwap::from_pointee(CountWindow::new(config.window_size, 0)),
+                config,
+                state: AtomicU64::new(pack(0, CLOSED, 0)),
+                mode: AtomicU8::new(NORMAL),
+                trials: AtomicU64::new(pack_trials(0, 0, 0, 0)),
+                since_nanos: AtomicU64::new(0),
+                since_generation: AtomicU32::new(0),
+                epoch: Instant::now(),
+                counters: Default::default(),
+                events,
+            }),
+        })
+    }
+}
+
+const CLOSED: u64 = 0;
+const OPEN: u64 = 1;
+const HALF_OPEN: u64 = 2;
+const MAX_TRIALS: u32 = 1000;
+
+const NORMAL: u8 = 0;
+const DISABLED: u8 = 1;
+const FORCED_OPEN: u8 = 2;
+
+/// State word: generation (32 bits) | state (2 bits at 16) | half-open admissions (16 bits).
+fn pack(generation: u32, state: u64, admitted: u32) -> u64 {
+    ((generation as u64) << 32) | (state << 16) | admitted as u64
+}
+
+fn generation(w: u64) -> u32 {
+    (w >> 32) as u32
+}
+
+fn state_code(w: u64) -> u64 {
+    (w >> 16) & 0b11
+}
+
+fn admitted(w: u64) -> u32 {
+    (w & 0xffff) as u32
+}
+
+/// Half-open trial results: generation (32) | reported (10) | failures (10) | slow (10).
+fn pack_trials(generation: u32, reported: u32, failures: u32, slow: u32) -> u64 {
+    ((generation as u64) << 32)
+        | ((reported as u64) << 20)
+        | ((failures as u64) << 10)
+        | slow as u64
+}
+
+fn unpack_trials(w: u64) -> (u32, u32, u32, u32) {
+    (
+        (w >> 32) as u32,
+        ((w >> 20) & 0x3ff) as u32,
+        ((w >> 10) & 0x3ff) as u32,
+        (w & 0x3ff) as u32,
+    )
+}
+
+#[derive(Default)]
+struct Counters {
+    successful: AtomicU64,
+    failed: AtomicU64,
+    slow: AtomicU64,
+    rejected: AtomicU64,
+    ignored: AtomicU64,
+}
+
+struct Inner {
+    config: Config,
+    state: AtomicU64,
+    mode: AtomicU8,
+    /// Half-open trial results of the current half-open generation.
+    trials: AtomicU64,
+    /// When the current OPEN or HALF_OPEN period began (nanos since `epoch`), valid only
+    /// when `since_generation` equals the state's generation.
+    since_nanos: AtomicU64,
+    since_generation: AtomicU32,
+    epoch: Instant,
+    window: ArcSwap<CountWindow>,
+    counters: Counters,
+    events: broadcast::Sender<Transition>,
+}
+
+/// A circuit breaker; cheap to clone (clones share state).
+#[derive(Clone)]
+pub struct CircuitBreaker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for CircuitBreaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+/// Permission to make one call. Report its result with [`Permit::record`] (or the
+/// `success`/`failure` shorthands); dropping it unreported gives a half-open slot back.
+#[must_use = "report the call's outcome, or drop the permit to cancel"]
+pub struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
+    generation: u32,
+    started: Instant,
+    half_open: bool,
+    disabled: bool,
+    reported: bool,
+}
+
+impl Permit<'_> {
+    /// Reports the outcome; the call's duration decides whether it was slow.
+    pub fn record(mut self, outcome: Outcome) {
+        self.reported = true;
+        if !self.disabled {
+            let elapsed = self.started.elapsed();
+            self.breaker.report(self.generation, outcome, elapsed);
+        }
+    }
+
+    /// Shorthand for `record(Outcome::Success)`.
+    pub fn success(self) {
+        self.record(Outcome::Success)
+    }
+
+    /// Shorthand for `record(Outcome::Failure)`.
+    pub fn failure(self) {
+        self.record(Outcome::Failure)
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if !self.reported && self.half_open {
+            self.breaker.give_back(self.generation);
+        }
+    }
+}
+
+impl CircuitBreaker {
+    /// A builder with resilience4j's defaults.
+    pub fn builder() -> Builder {
+        Builder {
+            config: Config {
+                failure_rate_threshold: 50.0,
+                slow_call_rate_threshold: 100.0,
+                slow_call_duration: Duration::from_secs(60),
+                window_size: 100,
+                minimum_calls: 100,
+                wait_in_open: Duration::from_secs(60),
+                permitted_in_half_open: 10,
+                max_wait_in_half_open: None,
+            },
+        }
+    }
+
+    fn now_nanos(&self) -> u64 {
+        self.inner.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// When the current OPEN / HALF_OPEN period of generation `g` began, if recorded yet.
+    fn since(&self, g: u32) -> Option<u64> {
+        (self.inner.since_generation.load(Ordering::Acquire) == g)
+            .then(|| self.inner.since_nanos.load(Ordering::Acquire))
+    }
+
+    fn mark_since(&self, g: u32) {
+        self.inner
+            .since_nanos
+            .store(self.now_nanos(), Ordering::Release);
+        self.inner.since_generation.store(g, Ordering::Release);
+    }
+
+    fn emit(&self, from: State, to: State) {
+        let _ = self.inner.events.send(Transition { from, to });
+    }
+
+    fn reject(&self, state: State) -> Rejected {
+        self.inner.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        Rejected { state }
+    }
+
+    /// Asks to make one call.
+    pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
+        match self.inner.mode.load(Ordering::Acquire) {
+            DISABLED => return Ok(self.permit(0, false, true)),
+            FORCED_OPEN => return Err(self.reject(State::ForcedOpen)),
+            _ => {}
+        }
+        let c = &self.inner.config;
+        loop {
+            let w = self.inner.state.load(Ordering::Acquire);
+            let g = generation(w);
+            match state_code(w) {
+                CLOSED => return Ok(self.permit(g, false, false)),
+                OPEN => {
+                    let waited = self
+                        .since(g)
+                        .is_some_and(|t| self.now_nanos() >= t + c.wait_in_open.as_nanos() as u64);
+                    if !waited {
+                        return Err(self.reject(State::Open));
+                    }
+                    self.prepare_trials(g + 1);
+                    if self
+                        .inner
+                        .state
+                        .compare_exchange(
+                            w,
+                            pack(g + 1, HALF_OPEN, 0),
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        )
+                        .is_ok()
+                    {
+                        self.mark_since(g + 1);
+                        self.emit(State::Open, State::HalfOpen);
+                    }
+                }
+                _ => {
+                    if admitted(w) < c.permitted_in_half_open {
+                        if self
+                            .inner
+                            .state
+                            .compare_exchange(w, w + 1, Ordering::AcqRel, Ordering::Acquire)
+                            .is_ok()
+                        {
+                            return Ok(self.permit(g, true, false));
+                        }
+                        continue;
+                    }
+                    let expired = c.max_wait_in_half_open.is_some_and(|max| {
+                        self.since(g)
+                            .is_some_and(|t| self.now_nanos() >= t + max.as_nanos() as u64)
+                    });
+                    if expired && self.transition(w, OPEN) {
+                        continue;
+                    }
+                    return Err(self.reject(State::HalfOpen));
+                }
+            }
+        }
+    }
+
+    fn permit(&self, generation: u32, half_open: bool, disabled: bool) -> Permit<'_> {
+        Permit {
+            breaker: self,
+            generation,
+            started: Instant::now(),
+            half_open,
+            disabled,
+            reported: false,
+        }
+    }
+
+    /// Resets the trial counters for half-open generation `g` before it is entered, so no
+    /// trial result can arrive before its counters exist. Never moves them backwards.
+    fn prepare_trials(&self, g: u32) {
+        let mut t = self.inner.trials.load(Ordering::Acquire);
+        while unpack_trials(t).0 < g {
+            match self.inner.trials.compare_exchange(
+                t,
+                pack_trials(g, 0, 0, 0),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(now) => t = now,
+            }
+        }
+    }
+
+    /// Moves from the state in `from` (HALF_OPEN or CLOSED) to `to` (OPEN or CLOSED) with
+    /// the next generation. True if this call made the move.
+    fn transition(&self, from: u64, to: u64) -> bool {
+        let g = generation(from) + 1;
+        if to == CLOSED {
+            self.inner
+                .window
+                .store(Arc::new(CountWindow::new(self.inner.config.window_size, g)));
+        }
+        if self
+            .inner
+            .state
+            .compare_exchange(from, pack(g, to, 0), Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        if to == OPEN {
+            self.mark_since(g);
+        }
+        let name = |code| match code {
+            CLOSED => State::Closed,
+            OPEN => State::Open,
+            _ => State::HalfOpen,
+        };
+        self.emit(name(state_code(from)), name(to));
+        true
+    }
+
+    fn rate(part: u32, whole: u32) -> f32 {
+        part as f32 * 100.0 / whole.max(1) as f32
+    }
+
+    fn report(&self, g: u32, outcome: Outcome, elapsed: Duration) {
+        let counters = &self.inner.counters;
+        if outcome == Outcome::Ignore {
+            counters.ignored.fetch_add(1, Ordering::Relaxed);
+            self.give_back(g);
+            return;
+        }
+        let c = &self.inner.config;
+        let sample = Sample {
+            failed: outcome == Outcome::Failure,
+            slow: elapsed >= c.slow_call_duration,
+        };
+        let w = self.inner.state.load(Ordering::Acquire);
+        if generation(w) != g {
+            // Late: the breaker moved on since this call was permitted.
+            counters.ignored.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if sample.failed {
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            counters.successful.fetch_add(1, Ordering::Relaxed);
+        }
+        if sample.slow {
+            counters.slow.fetch_add(1, Ordering::Relaxed);
+        }
+        match state_code(w) {
+            CLOSED => {
+                let window = self.inner.window.load();
+                if window.generation != g {
+                    return;
+                }
+                window.record(sample);
+                let t = window.totals();
+                if t.calls >= c.minimum_calls
+                    && (Self::rate(t.failures, t.calls) >= c.failure_rate_threshold
+                        || Self::rate(t.slow, t.calls) >= c.slow_call_rate_threshold)
+                {
+                    self.transition(w, OPEN);
+                }
+            }
+            HALF_OPEN => self.report_trial(w, sample),
+            _ => {}
+        }
+    }
+
+    fn report_trial(&self, w: u64, sample: Sample) {
+        let c = &self.inner.config;
+        let g = generation(w);
+        let mut t = self.inner.trials.load(Ordering::Acquire);
+        let (reported, failures, slow) = loop {
+            let (tg, reported, failures, slow) = unpack_trials(t);
+            if tg != g || reported >= c.permitted_in_half_open {
+                return;
+            }
+            let next = (
+                reported + 1,
+                failures + sample.failed as u32,
+                slow + sample.slow as u32,
+            );
+            match self.inner.trials.compare_exchange(
+                t,
+                pack_trials(g, next.0, next.1, next.2),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break next,
+                Err(now) => t = now,
+            }
+        };
+        // Exactly one reporter sees the last trial and decides.
+        if reported == c.permitted_in_half_open {
+            let trip = Self::rate(failures, reported) >= c.failure_rate_threshold
+                || Self::rate(slow, reported) >= c.slow_call_rate_threshold;
+            let current = self.inner.state.load(Ordering::Acquire);
+            if generation(current) == g && state_code(current) == HALF_OPEN {
+                self.transition(current, if trip { OPEN } else { CLOSED });
+            }
+        }
+    }
+
+    /// Returns an unused half-open admission of generation `g`.
+    fn give_back(&self, g: u32) {
+        let mut w = self.inner.state.load(Ordering::Acquire);
+        while generation(w) == g && state_code(w) == HALF_OPEN && admitted(w) > 0 {
+            match self
+                .inner
+                .state
+                .compare_exchange(w, w - 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                Err(now) => w = now,
+            }
+        }
+    }
+
+    /// Runs `f` if permitted: `Ok` counts as success, `Err` as failure.
+    pub async fn call<F, Fut, T, E>(&self, f: F) -> Result<T, CallError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.call_classified(f, |r: &Result<T, E>| {
+            if r.is_ok() {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            }
+        })
+        .await
+    }
+
+    /// Runs `f` if permitted; `classify` decides how its result counts.
+    pub async fn call_classified<F, Fut, T, E, C>(
+        &self,
+        f: F,
+        classify: C,
+    ) -> Result<T, CallError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        C: FnOnce(&Result<T, E>) -> Outcome,
+    {
+        let permit = self.try_acquire().map_err(CallError::Rejected)?;
+        let result = f().await;
+        permit.record(classify(&result));
+        result.map_err(CallError::Inner)
+    }
+
+    /// The current state (moves OPEN → HALF_OPEN only on the next call).
+    pub fn state(&self) -> State {
+        match self.inner.mode.load(Ordering::Acquire) {
+            DISABLED => State::Disabled,
+            FORCED_OPEN => State::ForcedOpen,
+            _ => match state_code(self.inner.state.load(Ordering::Acquire)) {
+                CLOSED => State::Closed,
+                OPEN => State::Open,
+                _ => State::HalfOpen,
+            },
+        }
+    }
+
+    /// Counters and the current window's totals.
+    pub fn metrics(&self) -> Metrics {
+        let c = &self.inner.counters;
+        let t = self.inner.window.load().totals();
+        Metrics {
+            successful: c.successful.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            slow: c.slow.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            ignored: c.ignored.load(Ordering::Relaxed),
+            window_failures: t.failures,
+            window_calls: t.calls,
+        }
+    }
+
+    /// State transitions from now on (a lagging receiver loses the oldest).
+    pub fn subscribe(&self) -> broadcast::Receiver<Transition> {
+        self.inner.events.subscribe()
+    }
+
+    /// Rejects every call until [`Self::reset`].
+    pub fn force_open(&self) {
+        let from = self.state();
+        self.inner.mode.store(FORCED_OPEN, Ordering::Release);
+        self.emit(from, State::ForcedOpen);
+    }
+
+    /// Permits every call and records nothing until [`Self::reset`].
+    pub fn disable(&self) {
+        let from = self.state();
+        self.inner.mode.store(DISABLED, Ordering::Release);
+        self.emit(from, State::Disabled);
+    }
+
+    /// Back to CLOSED with an empty window and normal operation.
+    pub fn reset(&self) {
+        let from = self.state();
+        let w = self.inner.state.load(Ordering::Acquire);
+        let g = generation(w) + 1;
+        self.inner
+            .window
+            .store(Arc::new(CountWindow::new(self.inner.config.window_size, g)));
+        self.inner
+            .state
+            .store(pack(g, CLOSED, 0), Ordering::Release);
+        self.inner.mode.store(NORMAL, Ordering::Release);
+        self.emit(from, State::Closed);
+    }
+}

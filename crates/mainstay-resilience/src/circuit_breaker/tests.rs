@@ -1,0 +1,280 @@
+use super::window::{CountWindow, Sample};
+use super::*;
+use proptest::prelude::*;
+use std::sync::{Arc, Barrier};
+
+fn breaker() -> Builder {
+    CircuitBreaker::builder()
+        .sliding_window_size(10)
+        .minimum_calls(5)
+        .failure_rate_threshold(50.0)
+        .wait_in_open(Duration::from_secs(10))
+        .permitted_calls_in_half_open(3)
+}
+
+fn fail(cb: &CircuitBreaker, n: usize) {
+    for _ in 0..n {
+        cb.try_acquire().expect("permitted").failure();
+    }
+}
+
+fn succeed(cb: &CircuitBreaker, n: usize) {
+    for _ in 0..n {
+        cb.try_acquire().expect("permitted").success();
+    }
+}
+
+fn open(cb: &CircuitBreaker) {
+    fail(cb, 5);
+    assert_eq!(cb.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn opens_only_after_minimum_calls_at_the_failure_rate() {
+    let cb = breaker().build().unwrap();
+    fail(&cb, 4);
+    assert_eq!(cb.state(), State::Closed, "4 calls < minimum of 5");
+    succeed(&cb, 1);
+    assert_eq!(cb.state(), State::Open, "4 of 5 failed = 80% ≥ 50%");
+    assert_eq!(
+        cb.try_acquire().err(),
+        Some(Rejected { state: State::Open })
+    );
+    assert_eq!(cb.metrics().rejected, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stays_closed_under_the_threshold() {
+    let cb = breaker().build().unwrap();
+    for _ in 0..20 {
+        succeed(&cb, 2);
+        fail(&cb, 1);
+    }
+    assert_eq!(cb.state(), State::Closed, "33% < 50%");
+    let m = cb.metrics();
+    assert_eq!((m.window_calls, m.successful, m.failed), (10, 40, 20));
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_calls_open_the_breaker() {
+    let cb = breaker()
+        .slow_call_rate_threshold(60.0)
+        .slow_call_duration(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    for _ in 0..5 {
+        let r = cb
+            .call(|| async {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                Ok::<_, ()>(())
+            })
+            .await;
+        assert!(r.is_ok());
+    }
+    assert_eq!(cb.state(), State::Open, "5 of 5 slow successes ≥ 60%");
+    assert_eq!(cb.metrics().slow, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_open_closes_after_good_trials_and_reopens_after_bad() {
+    let cb = breaker().build().unwrap();
+    let mut events = cb.subscribe();
+    open(&cb);
+    tokio::time::advance(Duration::from_secs(9)).await;
+    assert!(cb.try_acquire().is_err(), "still within wait_in_open");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    succeed(&cb, 3);
+    assert_eq!(cb.state(), State::Closed);
+    assert_eq!(cb.metrics().window_calls, 0, "a fresh window after closing");
+
+    open(&cb);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let trials: Vec<_> = (0..3).map(|_| cb.try_acquire().unwrap()).collect();
+    assert_eq!(cb.state(), State::HalfOpen);
+    assert!(
+        cb.try_acquire().is_err(),
+        "the fourth trial must be refused"
+    );
+    let mut trials = trials.into_iter();
+    trials.next().unwrap().failure();
+    trials.next().unwrap().failure();
+    trials.next().unwrap().success();
+    assert_eq!(cb.state(), State::Open, "2 of 3 trials failed");
+
+    let seen: Vec<Transition> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    use State::*;
+    let expect = [
+        (Closed, Open),
+        (Open, HalfOpen),
+        (HalfOpen, Closed),
+        (Closed, Open),
+        (Open, HalfOpen),
+        (HalfOpen, Open),
+    ];
+    assert_eq!(
+        seen,
+        expect
+            .iter()
+            .map(|&(from, to)| Transition { from, to })
+            .collect::<Vec<_>>()
+    );
+}
+
+// Regression: half-open admitted more than permitted_calls under 64 concurrent callers
+// (resilience4j #1090, #2028; failsafe-rs admits every call).
+#[test]
+fn half_open_never_admits_more_than_permitted_under_64_racing_callers() {
+    for round in 0..200 {
+        let cb = breaker().wait_in_open(Duration::ZERO).build().unwrap();
+        open(&cb);
+        let barrier = Arc::new(Barrier::new(64));
+        let admitted: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..64)
+                .map(|_| {
+                    let (cb, barrier) = (&cb, barrier.clone());
+                    s.spawn(move || {
+                        barrier.wait();
+                        // Hold the permit (unreported) until every caller has tried.
+                        let permit = cb.try_acquire().ok();
+                        let got = permit.is_some() as usize;
+                        std::mem::forget(permit);
+                        got
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(
+            admitted, 3,
+            "round {round}: half-open admitted {admitted} trials, permitted 3"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn late_results_from_an_earlier_period_change_nothing() {
+    let cb = breaker().build().unwrap();
+    let straggler = cb.try_acquire().unwrap();
+    open(&cb);
+    straggler.success();
+    assert_eq!(cb.state(), State::Open);
+    assert_eq!(cb.metrics().ignored, 1);
+
+    // A trial that outlives its half-open period (max wait) is ignored too.
+    let cb = breaker()
+        .max_wait_in_half_open(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    open(&cb);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let slow_trial = cb.try_acquire().unwrap();
+    let (_t2, _t3) = (cb.try_acquire().unwrap(), cb.try_acquire().unwrap());
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert!(cb.try_acquire().is_err(), "max wait in half-open re-opens");
+    assert_eq!(cb.state(), State::Open);
+    slow_trial.success();
+    assert_eq!(
+        cb.state(),
+        State::Open,
+        "a late trial result must not close the breaker"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_trial_gives_its_slot_back() {
+    let cb = breaker().build().unwrap();
+    open(&cb);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let trials: Vec<_> = (0..3).map(|_| cb.try_acquire().unwrap()).collect();
+    assert!(cb.try_acquire().is_err());
+    drop(trials);
+    succeed(&cb, 3);
+    assert_eq!(
+        cb.state(),
+        State::Closed,
+        "three fresh trials could run after the cancelled ones"
+    );
+    // A call future dropped mid-flight also gives its slot back.
+    open(&cb);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let pending = cb.call(std::future::pending::<Result<(), ()>>);
+    let _ = tokio::time::timeout(Duration::from_millis(1), pending).await;
+    succeed(&cb, 3);
+    assert_eq!(cb.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ignored_outcomes_are_not_counted() {
+    let cb = breaker().build().unwrap();
+    for _ in 0..10 {
+        let r = cb
+            .call_classified(|| async { Err::<(), _>("404") }, |_| Outcome::Ignore)
+            .await;
+        assert!(matches!(r, Err(CallError::Inner("404"))));
+    }
+    assert_eq!(cb.state(), State::Closed);
+    assert_eq!(cb.metrics().ignored, 10);
+    assert_eq!(cb.metrics().window_calls, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn manual_states() {
+    let cb = breaker().build().unwrap();
+    cb.force_open();
+    assert_eq!(
+        cb.try_acquire().err(),
+        Some(Rejected {
+            state: State::ForcedOpen
+        })
+    );
+    cb.disable();
+    fail(&cb, 50);
+    assert_eq!(cb.state(), State::Disabled, "disabled records nothing");
+    cb.reset();
+    assert_eq!(cb.state(), State::Closed);
+    assert_eq!(cb.metrics().window_calls, 0);
+}
+
+#[test]
+fn bad_settings_are_refused_by_name() {
+    let cases: [(Builder, &str); 5] = [
+        (
+            CircuitBreaker::builder().failure_rate_threshold(0.0),
+            "failure_rate_threshold",
+        ),
+        (
+            CircuitBreaker::builder().slow_call_rate_threshold(150.0),
+            "slow_call_rate_threshold",
+        ),
+        (
+            CircuitBreaker::builder().sliding_window_size(0),
+            "sliding_window_size",
+        ),
+        (
+            CircuitBreaker::builder().permitted_calls_in_half_open(5000),
+            "permitted_calls_in_half_open",
+        ),
+        (CircuitBreaker::builder().minimum_calls(0), "minimum_calls"),
+    ];
+    for (b, setting) in cases {
+        assert_eq!(b.build().unwrap_err().setting, setting);
+    }
+}
+
+proptest! {
+    /// The window's totals equal a naive count over the last `size` samples, after every record.
+    #[test]
+    fn window_matches_naive_model(size in 1u32..20, samples in proptest::collection::vec((any::<bool>(), any::<bool>()), 0..200)) {
+        let w = CountWindow::new(size, 0);
+        let mut model: Vec<(bool, bool)> = Vec::new();
+        for (failed, slow) in samples {
+            w.record(Sample { failed, slow });
+            model.push((failed, slow));
+            let last = &model[model.len().saturating_sub(size as usize)..];
+            let t = w.totals();
+            prop_assert_eq!(t.calls as usize, last.len());
+            prop_assert_eq!(t.failures as usize, last.iter().filter(|s| s.0).count());
+            prop_assert_eq!(t.slow as usize, last.iter().filter(|s| s.1).count());
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Resilience policies from the seed's Part II, built to cost almost nothing on the
+//! success path: atomics instead of mutexes, no allocation per call.
+//!
+//! - [`circuit_breaker`]: CLOSED → OPEN → HALF_OPEN with a count-based sliding window,
+//!   failure-rate and slow-call-rate thresholds, a hard cap on half-open trial calls and a
+//!   generation counter so results from an earlier period never move the state.
+//!
+//! Time comes from `tokio::time`, so every policy is tested on paused time.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod circuit_breaker;
