@@ -57,21 +57,28 @@ async fn stays_closed_under_the_threshold() {
 
 #[tokio::test(start_paused = true)]
 async fn slow_calls_open_the_breaker() {
+    let (clock, mock) = quanta::Clock::mock();
     let cb = breaker()
         .slow_call_rate_threshold(60.0)
         .slow_call_duration(Duration::from_millis(100))
+        .clock(clock)
         .build()
         .unwrap();
-    for _ in 0..5 {
-        let r = cb
-            .call(|| async {
-                tokio::time::sleep(Duration::from_millis(150)).await;
-                Ok::<_, ()>(())
-            })
-            .await;
-        assert!(r.is_ok());
+    let call = |took_ms: u64| {
+        let permit = cb.try_acquire().unwrap();
+        mock.increment(Duration::from_millis(took_ms));
+        permit.success();
+    };
+    // Slow means at least 100 ms: 99 ms is not slow, 100 ms is.
+    for took_ms in [99, 150, 99, 100, 99] {
+        call(took_ms);
     }
-    assert_eq!(cb.state(), State::Open, "5 of 5 slow successes ≥ 60%");
+    assert_eq!(cb.state(), State::Closed, "2 of 5 slow = 40% < 60%");
+    call(120);
+    call(120);
+    assert_eq!(cb.state(), State::Closed, "4 of 7 slow = 57% < 60%");
+    call(120);
+    assert_eq!(cb.state(), State::Open, "5 of 8 slow = 62.5% ≥ 60%");
     assert_eq!(cb.metrics().slow, 5);
 }
 

@@ -1,0 +1,172 @@
+//! Per-call overhead of resilience policies on the success path, side by side with peers in
+//! one run: ns per call (minus a zero-work baseline of the same calling style), allocations
+//! per call, and the ratio peer / Mainstay.
+//!
+//! Run: `cargo bench -p mainstay-resilience --bench policies`
+//! (`MAINSTAY_BENCH_ITERS=N` sets calls per measurement; default 2,000,000.)
+//!
+//! Async calls are polled once with a no-op waker (they complete on first poll), so no
+//! executor cost is counted. Each figure is the best of 5 runs.
+
+use mainstay_resilience::circuit_breaker::CircuitBreaker;
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+use std::alloc::System;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+use tower::{Service, ServiceExt};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+struct Measure {
+    ns: f64,
+    allocs: f64,
+}
+
+fn measure(iters: u64, mut f: impl FnMut()) -> Measure {
+    for _ in 0..iters / 10 {
+        f();
+    }
+    let mut best = f64::MAX;
+    let mut allocs = 0.0;
+    for _ in 0..5 {
+        let region = Region::new(GLOBAL);
+        let start = Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        let ns = start.elapsed().as_nanos() as f64 / iters as f64;
+        allocs = region.change().allocations as f64 / iters as f64;
+        best = best.min(ns);
+    }
+    Measure { ns: best, allocs }
+}
+
+/// Polls a future that completes on its first poll.
+fn once<F: Future>(f: F) -> F::Output {
+    let mut cx = Context::from_waker(Waker::noop());
+    match pin!(f).poll(&mut cx) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("benchmarked future did not complete on first poll"),
+    }
+}
+
+fn row(what: &str, m: &Measure, base: &Measure) -> f64 {
+    let overhead = (m.ns - base.ns).max(0.1);
+    println!(
+        "| {what} | {:.1} | {:.1} | {:.2} |",
+        m.ns, overhead, m.allocs
+    );
+    overhead
+}
+
+fn main() {
+    let iters: u64 = std::env::var("MAINSTAY_BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000_000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = rt.enter();
+
+    println!(
+        "Circuit breaker, closed state, success path; {iters} calls per measurement, best of 5.\n"
+    );
+    println!("| call | ns/call | overhead ns | allocations/call |");
+    println!("|---|---|---|---|");
+
+    // Synchronous style.
+    let sync_base = measure(iters, || {
+        black_box(Ok::<u32, ()>(black_box(1))).ok();
+    });
+    row("baseline: plain sync call", &sync_base, &sync_base);
+    let ours = CircuitBreaker::builder().build().expect("breaker");
+    let ours_sync = measure(iters, || {
+        let permit = ours.try_acquire().expect("closed");
+        black_box(Ok::<u32, ()>(black_box(1))).ok();
+        permit.success();
+    });
+    let m_sync = row(
+        "**mainstay** `try_acquire` + `success` (slow-call tracking on)",
+        &ours_sync,
+        &sync_base,
+    );
+    let failsafe_cb = failsafe::Config::new().build();
+    let fs = measure(iters, || {
+        use failsafe::CircuitBreaker as _;
+        black_box(failsafe_cb.call(|| Ok::<u32, ()>(black_box(1)))).ok();
+    });
+    let f_sync = row("failsafe-rs 1.3 `call`", &fs, &sync_base);
+
+    // Async style.
+    let async_base = measure(iters, || {
+        black_box(once(async { Ok::<u32, ()>(black_box(1)) })).ok();
+    });
+    row("baseline: plain async call", &async_base, &async_base);
+    let ours_async = measure(iters, || {
+        black_box(once(ours.call(|| async { Ok::<u32, ()>(black_box(1)) }))).ok();
+    });
+    let m_async = row("**mainstay** `call` (async)", &ours_async, &async_base);
+
+    // Tower style: tower-resilience's breaker layer over a service_fn.
+    let mut plain = tower::service_fn(|x: u32| async move { Ok::<u32, std::io::Error>(x) });
+    let tower_base = measure(iters, || {
+        let svc = once(plain.ready()).expect("ready");
+        black_box(once(svc.call(black_box(1)))).ok();
+    });
+    row(
+        "baseline: tower `service_fn` ready + call",
+        &tower_base,
+        &tower_base,
+    );
+    let layer = tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+        .build()
+        .expect("layer");
+    let mut tr = tower::Layer::layer(
+        &layer,
+        tower::service_fn(|x: u32| async move { Ok::<u32, std::io::Error>(x) }),
+    );
+    let trm = measure(iters / 4, || {
+        let svc = once(tr.ready()).expect("ready");
+        black_box(once(svc.call(black_box(1)))).ok();
+    });
+    let t_async = row(
+        "tower-resilience 0.13 circuit breaker layer",
+        &trm,
+        &tower_base,
+    );
+
+    // Two threads sharing one breaker.
+    let per_thread = iters / 2;
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                for _ in 0..per_thread {
+                    let permit = ours.try_acquire().expect("closed");
+                    black_box(1);
+                    permit.success();
+                }
+            });
+        }
+    });
+    let two = start.elapsed().as_nanos() as f64 / (per_thread * 2) as f64;
+
+    println!();
+    println!(
+        "- failsafe-rs / mainstay (sync overhead): **{:.1}×** (target ≥ 2×)",
+        f_sync / m_sync
+    );
+    println!("- tower-resilience / mainstay (overhead; theirs via tower, ours plain async): **{:.1}×** (target ≥ 4×)", t_async / m_async);
+    println!("- mainstay closed-breaker overhead: {:.1} ns, {:.2} allocations per call (target ≤ 50 ns, 0)", m_sync, ours_sync.allocs);
+    println!(
+        "- two threads sharing one breaker: {two:.1} ns per call aggregate vs {:.1} ns on one thread ({:.2}× throughput)",
+        ours_sync.ns,
+        ours_sync.ns / two
+    );
+}
