@@ -22,10 +22,14 @@
 //! at most the number of in-flight recordings while they run. The time-based window is not
 //! built yet (see the crate docs).
 
+pub mod future;
+mod layer;
 mod window;
 
 #[cfg(test)]
 mod tests;
+
+pub use layer::{CircuitBreakerLayer, CircuitBreakerService};
 
 use arc_swap::ArcSwap;
 use std::future::Future;
@@ -331,16 +335,22 @@ impl std::fmt::Debug for CircuitBreaker {
     }
 }
 
-/// Permission to make one call. Report its result with [`Permit::record`] (or the
-/// `success`/`failure` shorthands); dropping it unreported gives a half-open slot back.
-#[must_use = "report the call's outcome, or drop the permit to cancel"]
-pub struct Permit<'a> {
-    breaker: &'a CircuitBreaker,
+/// What a permit remembers about its admission.
+#[derive(Clone, Copy, Debug)]
+struct Admission {
     generation: u32,
     /// Raw clock reading at admission.
     started: u64,
     half_open: bool,
     disabled: bool,
+}
+
+/// Permission to make one call. Report its result with [`Permit::record`] (or the
+/// `success`/`failure` shorthands); dropping it unreported gives a half-open slot back.
+#[must_use = "report the call's outcome, or drop the permit to cancel"]
+pub struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
+    admission: Admission,
     reported: bool,
 }
 
@@ -348,11 +358,7 @@ impl Permit<'_> {
     /// Reports the outcome; the call's duration decides whether it was slow.
     pub fn record(mut self, outcome: Outcome) {
         self.reported = true;
-        if !self.disabled {
-            let clock = &self.breaker.inner.config.clock;
-            let elapsed = clock.delta(self.started, clock.raw());
-            self.breaker.report(self.generation, outcome, elapsed);
-        }
+        self.breaker.finish(self.admission, outcome);
     }
 
     /// Shorthand for `record(Outcome::Success)`.
@@ -364,12 +370,46 @@ impl Permit<'_> {
     pub fn failure(self) {
         self.record(Outcome::Failure)
     }
+
+    /// A permit that owns a handle to the breaker (for futures that must be `'static`).
+    pub fn into_owned(mut self) -> OwnedPermit {
+        self.reported = true;
+        OwnedPermit {
+            breaker: self.breaker.clone(),
+            admission: self.admission,
+            reported: false,
+        }
+    }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        if !self.reported && self.half_open {
-            self.breaker.give_back(self.generation);
+        if !self.reported {
+            self.breaker.cancel(self.admission);
+        }
+    }
+}
+
+/// A [`Permit`] that owns a handle to its breaker.
+#[must_use = "report the call's outcome, or drop the permit to cancel"]
+pub struct OwnedPermit {
+    breaker: CircuitBreaker,
+    admission: Admission,
+    reported: bool,
+}
+
+impl OwnedPermit {
+    /// Reports the outcome; the call's duration decides whether it was slow.
+    pub fn record(mut self, outcome: Outcome) {
+        self.reported = true;
+        self.breaker.finish(self.admission, outcome);
+    }
+}
+
+impl Drop for OwnedPermit {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.breaker.cancel(self.admission);
         }
     }
 }
@@ -479,13 +519,29 @@ impl CircuitBreaker {
         }
     }
 
+    fn finish(&self, a: Admission, outcome: Outcome) {
+        if !a.disabled {
+            let clock = &self.inner.config.clock;
+            self.report(a.generation, outcome, clock.delta(a.started, clock.raw()));
+        }
+    }
+
+    fn cancel(&self, a: Admission) {
+        if a.half_open {
+            self.give_back(a.generation);
+        }
+    }
+
     fn permit(&self, generation: u32, half_open: bool, disabled: bool) -> Permit<'_> {
-        Permit {
-            breaker: self,
+        let admission = Admission {
             generation,
             started: self.inner.config.clock.raw(),
             half_open,
             disabled,
+        };
+        Permit {
+            breaker: self,
+            admission,
             reported: false,
         }
     }

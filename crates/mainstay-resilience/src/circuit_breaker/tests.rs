@@ -285,3 +285,90 @@ proptest! {
         }
     }
 }
+
+mod tower_layer {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::{service_fn, Layer, Service, ServiceExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn rejected_calls_never_reach_the_inner_service() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let inner = service_fn(move |fail: bool| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if fail {
+                    Err("boom")
+                } else {
+                    Ok("ok")
+                }
+            }
+        });
+        let layer = CircuitBreakerLayer::new(breaker().build().unwrap());
+        let mut svc = layer.layer(inner);
+        for _ in 0..5 {
+            assert!(matches!(
+                svc.ready().await.unwrap().call(true).await,
+                Err(CallError::Inner("boom"))
+            ));
+        }
+        assert_eq!(svc.breaker().state(), State::Open);
+        let r = svc.ready().await.unwrap().call(false).await;
+        assert!(matches!(
+            r,
+            Err(CallError::Rejected(Rejected { state: State::Open }))
+        ));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            5,
+            "the rejected call reached the service"
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        for _ in 0..3 {
+            assert!(svc.ready().await.unwrap().call(false).await.is_ok());
+        }
+        assert_eq!(svc.breaker().state(), State::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn classifier_and_cancelled_futures() {
+        // 4xx-like errors are ignored: they say nothing about the dependency's health.
+        let inner = service_fn(|code: u16| async move {
+            if code >= 400 {
+                Err(code)
+            } else {
+                Ok(code)
+            }
+        });
+        let layer = CircuitBreakerLayer::new(breaker().build().unwrap()).classify(
+            |r: &Result<u16, u16>| match r {
+                Err(c) if *c < 500 => Outcome::Ignore,
+                Err(_) => Outcome::Failure,
+                Ok(_) => Outcome::Success,
+            },
+        );
+        let mut svc = layer.layer(inner);
+        for _ in 0..20 {
+            let _ = svc.ready().await.unwrap().call(404).await;
+        }
+        assert_eq!(svc.breaker().state(), State::Closed);
+        for _ in 0..5 {
+            let _ = svc.ready().await.unwrap().call(503).await;
+        }
+        assert_eq!(svc.breaker().state(), State::Open);
+
+        // A trial whose response future is dropped gives its slot back.
+        let slow = service_fn(|_: ()| std::future::pending::<Result<(), ()>>());
+        let cb = breaker().build().unwrap();
+        open(&cb);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let mut svc = CircuitBreakerLayer::new(cb.clone()).layer(slow);
+        for _ in 0..3 {
+            let fut = svc.ready().await.unwrap().call(());
+            drop(fut);
+        }
+        succeed(&cb, 3);
+        assert_eq!(cb.state(), State::Closed);
+    }
+}
