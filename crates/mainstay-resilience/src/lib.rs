@@ -4,9 +4,12 @@
 //! - [`circuit_breaker`]: CLOSED → OPEN → HALF_OPEN with a count-based sliding window,
 //!   failure-rate and slow-call-rate thresholds, a hard cap on half-open trial calls and a
 //!   generation counter so results from an earlier period never move the state.
+//! - [`retry`]: exponential backoff with the seed's four jitter kinds, `Retry-After`, and a
+//!   Finagle-style retry budget that bounds retry storms.
 //!
 //! Time comes from `tokio::time`, so every policy is tested on paused time.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod circuit_breaker;
+pub mod retry;
