@@ -6,6 +6,7 @@
 //!   generation counter so results from an earlier period never move the state.
 //! - [`retry`]: exponential backoff with the seed's four jitter kinds, `Retry-After`, and a
 //!   Finagle-style retry budget that bounds retry storms.
+//! - [`timeout`]: a deadline that cancels (drops) the operation.
 //!
 //! Time comes from `tokio::time`, so every policy is tested on paused time.
 #![forbid(unsafe_code)]
@@ -13,3 +14,4 @@
 
 pub mod circuit_breaker;
 pub mod retry;
+pub mod timeout;
