@@ -7,11 +7,13 @@
 //! - [`retry`]: exponential backoff with the seed's four jitter kinds, `Retry-After`, and a
 //!   Finagle-style retry budget that bounds retry storms.
 //! - [`timeout`]: a deadline that cancels (drops) the operation.
+//! - [`bulkhead`]: semaphore and thread-pool compartments with a wait limit.
 //!
 //! Time comes from `tokio::time`, so every policy is tested on paused time.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod retry;
 pub mod timeout;

@@ -37,7 +37,9 @@ pub enum TimeoutError<E> {
 
 /// Runs `fut` for at most `after`; on expiry it is dropped and [`Elapsed`] returned.
 pub async fn timeout<F: Future>(after: Duration, fut: F) -> Result<F::Output, Elapsed> {
-    tokio::time::timeout(after, fut).await.map_err(|_| Elapsed { after })
+    tokio::time::timeout(after, fut)
+        .await
+        .map_err(|_| Elapsed { after })
 }
 
 /// Applies a [`Timeout`] to services.
@@ -57,7 +59,10 @@ impl<S> Layer<S> for TimeoutLayer {
     type Service = Timeout<S>;
 
     fn layer(&self, inner: S) -> Timeout<S> {
-        Timeout { inner, after: self.after }
+        Timeout {
+            inner,
+            after: self.after,
+        }
     }
 }
 

@@ -22,7 +22,11 @@ pin_project! {
 
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(inner: F, after: Duration) -> Self {
-        ResponseFuture { inner, sleep: tokio::time::sleep(after), after }
+        ResponseFuture {
+            inner,
+            sleep: tokio::time::sleep(after),
+            after,
+        }
     }
 }
 
@@ -35,7 +39,9 @@ impl<F: Future<Output = Result<T, E>>, T, E> Future for ResponseFuture<F> {
             return Poll::Ready(r.map_err(TimeoutError::Inner));
         }
         match this.sleep.poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(TimeoutError::Elapsed(Elapsed { after: *this.after }))),
+            Poll::Ready(()) => {
+                Poll::Ready(Err(TimeoutError::Elapsed(Elapsed { after: *this.after })))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
