@@ -55,7 +55,7 @@ async fn a_waiter_gets_the_slot_freed_within_its_wait() {
 #[tokio::test(start_paused = true)]
 async fn zero_wait_refuses_at_once_and_cancelled_calls_free_their_slot() {
     let b = Bulkhead::new("cache", 1, Duration::ZERO);
-    let stuck = b.call(|| std::future::pending::<Result<(), ()>>());
+    let stuck = b.call(std::future::pending::<Result<(), ()>>);
     let _ = tokio::time::timeout(Duration::from_millis(1), stuck).await;
     assert_eq!(b.metrics().active, 0, "a cancelled call must free its slot");
     let _held = b.acquire().await.unwrap();

@@ -45,7 +45,7 @@ async fn as_a_tower_layer() {
             tokio::time::sleep(Duration::from_millis(d)).await;
             Ok::<_, &str>(d)
         }));
-    assert_eq!(svc.clone().oneshot(50).await.unwrap(), 50);
+    assert_eq!(svc.oneshot(50).await.unwrap(), 50);
     assert!(matches!(
         svc.clone().oneshot(150).await,
         Err(TimeoutError::Elapsed(_))
