@@ -47,7 +47,7 @@ async fn as_a_tower_layer() {
         }));
     assert_eq!(svc.oneshot(50).await.unwrap(), 50);
     assert!(matches!(
-        svc.clone().oneshot(150).await,
+        svc.oneshot(150).await,
         Err(TimeoutError::Elapsed(_))
     ));
     let failing = Timeout::new(
