@@ -8,6 +8,7 @@
 //!   Finagle-style retry budget that bounds retry storms.
 //! - [`timeout`]: a deadline that cancels (drops) the operation.
 //! - [`bulkhead`]: semaphore and thread-pool compartments with a wait limit.
+//! - [`rate_limit`]: a GCRA rate limiter that is `Clone`, with wait or reject.
 //!
 //! Time comes from `tokio::time`, so every policy is tested on paused time.
 #![forbid(unsafe_code)]
@@ -15,5 +16,6 @@
 
 pub mod bulkhead;
 pub mod circuit_breaker;
+pub mod rate_limit;
 pub mod retry;
 pub mod timeout;
