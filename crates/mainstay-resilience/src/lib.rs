@@ -9,6 +9,7 @@
 //! - [`timeout`]: a deadline that cancels (drops) the operation.
 //! - [`bulkhead`]: semaphore and thread-pool compartments with a wait limit.
 //! - [`rate_limit`]: a GCRA rate limiter that is `Clone`, with wait or reject.
+//! - [`queue`]: a bounded MPMC queue with the seed's backpressure strategies (+ sampling).
 //!
 //! Time comes from `tokio::time`, so every policy is tested on paused time.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@
 
 pub mod bulkhead;
 pub mod circuit_breaker;
+pub mod queue;
 pub mod rate_limit;
 pub mod retry;
 pub mod timeout;
