@@ -152,6 +152,112 @@ fn main() {
     });
     let m_tower = row("**mainstay** circuit breaker layer", &msm, &tower_base);
 
+    // Bulkhead vs tower's ConcurrencyLimit (both through an async call that completes at once).
+    println!();
+    println!("Bulkhead, rate limiter, queue: success path, one thread.\n");
+    println!("| call | ns/call | overhead ns | allocations/call |");
+    println!("|---|---|---|---|");
+    let bulkhead =
+        mainstay_resilience::bulkhead::Bulkhead::new("bench", 64, std::time::Duration::ZERO);
+    let bh = measure(iters, || {
+        black_box(once(
+            bulkhead.call(|| async { Ok::<u32, ()>(black_box(1)) }),
+        ))
+        .ok();
+    });
+    let m_bh = row("**mainstay** `Bulkhead::call`", &bh, &async_base);
+    let mut cl = tower::limit::ConcurrencyLimit::new(
+        tower::service_fn(|x: u32| async move { Ok::<u32, std::io::Error>(x) }),
+        64,
+    );
+    let clm = measure(iters, || {
+        let svc = once(cl.ready()).expect("ready");
+        black_box(once(svc.call(black_box(1)))).ok();
+    });
+    let t_cl = row(
+        "tower 0.5 `ConcurrencyLimit` ready + call",
+        &clm,
+        &tower_base,
+    );
+
+    let limiter = mainstay_resilience::rate_limit::RateLimiter::new(
+        u32::MAX,
+        std::time::Duration::from_secs(1),
+        1_000_000,
+    )
+    .expect("limiter");
+    let rl = measure(iters, || {
+        limiter.try_acquire().expect("never limited");
+        black_box(1);
+    });
+    let m_rl = row(
+        "**mainstay** `RateLimiter::try_acquire` (GCRA)",
+        &rl,
+        &sync_base,
+    );
+    let mut trl = tower::limit::RateLimit::new(
+        tower::service_fn(|x: u32| async move { Ok::<u32, std::io::Error>(x) }),
+        tower::limit::rate::Rate::new(u64::MAX / 4, std::time::Duration::from_secs(1)),
+    );
+    let trlm = measure(iters, || {
+        let svc = once(trl.ready()).expect("ready");
+        black_box(once(svc.call(black_box(1)))).ok();
+    });
+    let t_rl = row(
+        "tower 0.5 `RateLimit` ready + call (not `Clone`)",
+        &trlm,
+        &tower_base,
+    );
+
+    let q = mainstay_resilience::queue::BackpressureQueue::new(
+        1024,
+        mainstay_resilience::queue::Strategy::Block { timeout: None },
+    );
+    let qm = measure(iters, || {
+        black_box(once(q.put(black_box(1u64)))).ok();
+        black_box(q.try_get());
+    });
+    let m_q = row(
+        "**mainstay** `BackpressureQueue` put + try_get",
+        &qm,
+        &async_base,
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(1024);
+    let mq = measure(iters, || {
+        tx.try_send(black_box(1)).expect("room");
+        black_box(rx.try_recv().ok());
+    });
+    let t_mpsc = row(
+        "tokio `mpsc` (bounded) try_send + try_recv",
+        &mq,
+        &sync_base,
+    );
+    let (atx, arx) = async_channel::bounded::<u64>(1024);
+    let aq = measure(iters, || {
+        atx.try_send(black_box(1)).expect("room");
+        black_box(arx.try_recv().ok());
+    });
+    let t_ac = row(
+        "async-channel 2 (bounded, MPMC) try_send + try_recv",
+        &aq,
+        &sync_base,
+    );
+
+    println!();
+    println!(
+        "- bulkhead / tower ConcurrencyLimit: **{:.2}×** the cost (target ≤ 1.5×)",
+        m_bh / t_cl
+    );
+    println!(
+        "- rate limiter: tower RateLimit / mainstay: **{:.1}×**",
+        t_rl / m_rl
+    );
+    println!(
+        "- queue / tokio mpsc: {:.2}× the cost; queue / async-channel: {:.2}×",
+        m_q / t_mpsc,
+        m_q / t_ac
+    );
+
     // Two threads sharing one breaker.
     let per_thread = iters / 2;
     let start = Instant::now();

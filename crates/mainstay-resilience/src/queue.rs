@@ -92,6 +92,10 @@ struct State<T> {
     closed: bool,
     /// Puts that met a full queue under `Sample`.
     pressured: u64,
+    /// Threads parked on the condvars: signalling a condvar is a syscall even with no
+    /// waiter, so it is done only when one exists.
+    parked_putters: usize,
+    parked_getters: usize,
 }
 
 struct Shared<T> {
@@ -147,6 +151,8 @@ impl<T> BackpressureQueue<T> {
                     buf: VecDeque::with_capacity(capacity),
                     closed: false,
                     pressured: 0,
+                    parked_putters: 0,
+                    parked_getters: 0,
                 }),
                 capacity,
                 strategy,
@@ -166,15 +172,28 @@ impl<T> BackpressureQueue<T> {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn pushed(&self) {
+    /// Wakes a consumer after a push; `parked` says whether a thread waits on the condvar.
+    fn pushed(&self, parked: bool) {
         self.shared.not_empty.notify_one();
-        self.shared.not_empty_cv.notify_one();
+        if parked {
+            self.shared.not_empty_cv.notify_one();
+        }
     }
 
-    fn popped(&self) {
+    /// Counts a take and wakes a producer; `parked` as for [`Self::pushed`].
+    fn popped(&self, parked: bool) {
         self.shared.processed.fetch_add(1, Ordering::Relaxed);
         self.shared.not_full.notify_one();
-        self.shared.not_full_cv.notify_one();
+        if parked {
+            self.shared.not_full_cv.notify_one();
+        }
+    }
+
+    /// One attempt under the lock; also says whether a consumer thread is parked.
+    fn attempt(&self, item: T) -> (Decision<T>, bool) {
+        let mut state = self.lock();
+        let decision = self.offer(&mut state, item);
+        (decision, state.parked_getters > 0)
     }
 
     fn drop_count(&self) {
@@ -231,53 +250,50 @@ impl<T> BackpressureQueue<T> {
     /// Offers `item`, waiting for room under [`Strategy::Block`].
     pub async fn put(&self, item: T) -> Result<Put<T>, PutError<T>> {
         self.shared.received.fetch_add(1, Ordering::Relaxed);
+        // Fast path: no waiter registration unless the queue is full.
+        let mut item = match self.attempt(item) {
+            (Decision::Done(put), parked) => return Ok(self.finish_put(put, parked)),
+            (Decision::Fail(e), _) => return Err(e),
+            (Decision::Wait(back), _) => back,
+        };
+        self.shared.blocked.fetch_add(1, Ordering::Relaxed);
         let deadline = self
             .block_timeout()
             .map(|t| tokio::time::Instant::now() + t);
-        let mut item = item;
-        let mut counted_block = false;
         loop {
             let notified = self.shared.not_full.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let decision = {
-                let mut state = self.lock();
-                self.offer(&mut state, item)
+            // Re-check after registering, so a take in between is not missed.
+            item = match self.attempt(item) {
+                (Decision::Done(put), parked) => return Ok(self.finish_put(put, parked)),
+                (Decision::Fail(e), _) => return Err(e),
+                (Decision::Wait(back), _) => back,
             };
-            match decision {
-                Decision::Done(put) => {
-                    if !matches!(put, Put::Dropped(_)) {
-                        self.pushed();
-                    }
-                    return Ok(put);
-                }
-                Decision::Fail(e) => return Err(e),
-                Decision::Wait(back) => {
-                    item = back;
-                    if !counted_block {
-                        counted_block = true;
-                        self.shared.blocked.fetch_add(1, Ordering::Relaxed);
-                    }
-                    match deadline {
-                        Some(d) => {
-                            if tokio::time::timeout_at(d, notified).await.is_err() {
-                                // One last look: room may have appeared at the deadline.
-                                let mut state = self.lock();
-                                if state.buf.len() < self.shared.capacity && !state.closed {
-                                    state.buf.push_back(item);
-                                    drop(state);
-                                    self.pushed();
-                                    return Ok(Put::Queued);
-                                }
+            match deadline {
+                Some(d) => {
+                    if tokio::time::timeout_at(d, notified).await.is_err() {
+                        // One last look: room may have appeared at the deadline.
+                        return match self.attempt(item) {
+                            (Decision::Done(put), parked) => Ok(self.finish_put(put, parked)),
+                            (Decision::Fail(e), _) => Err(e),
+                            (Decision::Wait(back), _) => {
                                 self.drop_count();
-                                return Err(PutError::Timeout(item));
+                                Err(PutError::Timeout(back))
                             }
-                        }
-                        None => notified.await,
+                        };
                     }
                 }
+                None => notified.await,
             }
         }
+    }
+
+    fn finish_put(&self, put: Put<T>, parked: bool) -> Put<T> {
+        if !matches!(put, Put::Dropped(_)) {
+            self.pushed(parked);
+        }
+        put
     }
 
     /// [`Self::put`] for threads: blocks the calling thread under [`Strategy::Block`].
@@ -290,11 +306,9 @@ impl<T> BackpressureQueue<T> {
         loop {
             match self.offer(&mut state, item) {
                 Decision::Done(put) => {
+                    let parked = state.parked_getters > 0;
                     drop(state);
-                    if !matches!(put, Put::Dropped(_)) {
-                        self.pushed();
-                    }
-                    return Ok(put);
+                    return Ok(self.finish_put(put, parked));
                 }
                 Decision::Fail(e) => return Err(e),
                 Decision::Wait(back) => {
@@ -303,18 +317,25 @@ impl<T> BackpressureQueue<T> {
                         counted_block = true;
                         self.shared.blocked.fetch_add(1, Ordering::Relaxed);
                     }
-                    state = match deadline {
-                        None => self
-                            .shared
-                            .not_full_cv
-                            .wait(state)
-                            .unwrap_or_else(|p| p.into_inner()),
+                    let left = match deadline {
+                        None => None,
                         Some(d) => {
                             let left = d.saturating_duration_since(std::time::Instant::now());
                             if left.is_zero() {
                                 self.drop_count();
                                 return Err(PutError::Timeout(item));
                             }
+                            Some(left)
+                        }
+                    };
+                    state.parked_putters += 1;
+                    state = match left {
+                        None => self
+                            .shared
+                            .not_full_cv
+                            .wait(state)
+                            .unwrap_or_else(|p| p.into_inner()),
+                        Some(left) => {
                             self.shared
                                 .not_full_cv
                                 .wait_timeout(state, left)
@@ -322,6 +343,7 @@ impl<T> BackpressureQueue<T> {
                                 .0
                         }
                     };
+                    state.parked_putters -= 1;
                 }
             }
         }
@@ -329,9 +351,12 @@ impl<T> BackpressureQueue<T> {
 
     /// Takes the oldest item if there is one.
     pub fn try_get(&self) -> Option<T> {
-        let item = self.lock().buf.pop_front();
+        let (item, parked) = {
+            let mut state = self.lock();
+            (state.buf.pop_front(), state.parked_putters > 0)
+        };
         if item.is_some() {
-            self.popped();
+            self.popped(parked);
         }
         item
     }
@@ -339,19 +364,18 @@ impl<T> BackpressureQueue<T> {
     /// Takes the oldest item, waiting for one; `None` once closed and drained.
     pub async fn get(&self) -> Option<T> {
         loop {
+            if let Some(item) = self.try_get() {
+                return Some(item);
+            }
             let notified = self.shared.not_empty.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let mut state = self.lock();
-                if let Some(item) = state.buf.pop_front() {
-                    drop(state);
-                    self.popped();
-                    return Some(item);
-                }
-                if state.closed {
-                    return None;
-                }
+            // Re-check after registering, so a push in between is not missed.
+            if let Some(item) = self.try_get() {
+                return Some(item);
+            }
+            if self.lock().closed {
+                return None;
             }
             notified.await;
         }
@@ -362,18 +386,21 @@ impl<T> BackpressureQueue<T> {
         let mut state = self.lock();
         loop {
             if let Some(item) = state.buf.pop_front() {
+                let parked = state.parked_putters > 0;
                 drop(state);
-                self.popped();
+                self.popped(parked);
                 return Some(item);
             }
             if state.closed {
                 return None;
             }
+            state.parked_getters += 1;
             state = self
                 .shared
                 .not_empty_cv
                 .wait(state)
                 .unwrap_or_else(|p| p.into_inner());
+            state.parked_getters -= 1;
         }
     }
 
