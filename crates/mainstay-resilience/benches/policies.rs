@@ -96,6 +96,20 @@ fn main() {
         &ours_sync,
         &sync_base,
     );
+    let timed = CircuitBreaker::builder()
+        .time_window(std::time::Duration::from_secs(10), 10)
+        .build()
+        .expect("breaker");
+    let timed_m = measure(iters, || {
+        let permit = timed.try_acquire().expect("closed");
+        black_box(Ok::<u32, ()>(black_box(1))).ok();
+        permit.success();
+    });
+    row(
+        "**mainstay** same, time-based window (10 s, 10 buckets)",
+        &timed_m,
+        &sync_base,
+    );
     let failsafe_cb = failsafe::Config::new().build();
     let fs = measure(iters, || {
         use failsafe::CircuitBreaker as _;

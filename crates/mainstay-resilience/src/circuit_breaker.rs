@@ -1,6 +1,7 @@
 //! Circuit breaker (seed Part II §3): CLOSED → OPEN → HALF_OPEN → CLOSED.
 //!
-//! CLOSED records each call's outcome in a count-based sliding window; once at least
+//! CLOSED records each call's outcome in a sliding window (count-based: the last N calls;
+//! or time-based: the last duration, in buckets); once at least
 //! `minimum_calls` are in it and the failure rate or the slow-call rate reaches its
 //! threshold, the breaker OPENs and rejects calls for `wait_in_open`. The next call after
 //! that moves it to HALF_OPEN, which admits **at most** `permitted_calls_in_half_open`
@@ -19,8 +20,8 @@
 //! - The CLOSED hot path takes no lock and allocates nothing.
 //!
 //! Limits: the window's totals are exact once concurrent recorders finish, approximate by
-//! at most the number of in-flight recordings while they run. The time-based window is not
-//! built yet (see the crate docs).
+//! at most the number of in-flight recordings while they run; a recorder stalled for a
+//! whole time window may land its one sample in a newer bucket.
 
 pub mod future;
 mod layer;
@@ -38,7 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
-use window::{CountWindow, Sample};
+use window::{CountWindow, Sample, TimeWindow, Window};
 
 /// The breaker's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,6 +130,8 @@ struct Config {
     slow_call_rate_threshold: f32,
     slow_call_duration: Duration,
     window_size: u32,
+    /// `Some((bucket, buckets))` for a time-based window.
+    time_window: Option<(Duration, u32)>,
     minimum_calls: u32,
     wait_in_open: Duration,
     permitted_in_half_open: u32,
@@ -163,9 +166,19 @@ impl Builder {
         self
     }
 
-    /// Number of most recent calls the window covers. Default: 100. At most 65 535.
+    /// A count-based window over the most recent `calls` calls. Default: 100 calls. At most
+    /// 65 535.
     pub fn sliding_window_size(mut self, calls: u32) -> Self {
         self.config.window_size = calls;
+        self.config.time_window = None;
+        self
+    }
+
+    /// A time-based window over the last `window`, kept as `buckets` equal buckets (old
+    /// traffic ages out one bucket at a time). Default: count-based (see
+    /// [`Self::sliding_window_size`]).
+    pub fn time_window(mut self, window: Duration, buckets: u32) -> Self {
+        self.config.time_window = Some((window / buckets.max(1), buckets));
         self
     }
 
@@ -224,6 +237,14 @@ impl Builder {
         if c.window_size == 0 || c.window_size > u16::MAX as u32 {
             return bad("sliding_window_size", "must be in 1..=65535");
         }
+        if let Some((bucket, buckets)) = c.time_window {
+            if buckets == 0 || buckets > 1000 || bucket.is_zero() {
+                return bad(
+                    "time_window",
+                    "needs 1..=1000 buckets and a positive window",
+                );
+            }
+        }
         if c.minimum_calls == 0 {
             return bad("minimum_calls", "must be at least 1");
         }
@@ -234,11 +255,15 @@ impl Builder {
             return bad("slow_call_duration", "must be positive");
         }
         let mut config = self.config;
-        config.minimum_calls = config.minimum_calls.min(config.window_size);
+        if config.time_window.is_none() {
+            config.minimum_calls = config.minimum_calls.min(config.window_size);
+        }
+        let clock_origin = config.clock.raw();
         let (events, _) = broadcast::channel(64);
         Ok(CircuitBreaker {
             inner: Arc::new(Inner {
-                window: ArcSwap::from_pointee(CountWindow::new(config.window_size, 0)),
+                window: ArcSwap::from_pointee(new_window(&config, 0, 0)),
+                clock_origin,
                 config,
                 state: AtomicU64::new(pack(0, CLOSED, 0)),
                 mode: AtomicU8::new(NORMAL),
@@ -261,6 +286,19 @@ const MAX_TRIALS: u32 = 1000;
 const NORMAL: u8 = 0;
 const DISABLED: u8 = 1;
 const FORCED_OPEN: u8 = 2;
+
+/// A fresh window of generation `g`, starting at `now_nanos` (clock time since build).
+fn new_window(config: &Config, g: u32, now_nanos: u64) -> Window {
+    match config.time_window {
+        None => Window::Count(CountWindow::new(config.window_size, g)),
+        Some((bucket, buckets)) => Window::Time(TimeWindow::new(
+            buckets,
+            bucket.as_nanos() as u64,
+            g,
+            now_nanos,
+        )),
+    }
+}
 
 /// State word: generation (32 bits) | state (2 bits at 16) | half-open admissions (16 bits).
 fn pack(generation: u32, state: u64, admitted: u32) -> u64 {
@@ -316,7 +354,9 @@ struct Inner {
     since_nanos: AtomicU64,
     since_generation: AtomicU32,
     epoch: Instant,
-    window: ArcSwap<CountWindow>,
+    /// `config.clock` reading at build: windows count time from here.
+    clock_origin: u64,
+    window: ArcSwap<Window>,
     counters: Counters,
     events: broadcast::Sender<Transition>,
 }
@@ -423,6 +463,7 @@ impl CircuitBreaker {
                 slow_call_rate_threshold: 100.0,
                 slow_call_duration: Duration::from_secs(60),
                 window_size: 100,
+                time_window: None,
                 minimum_calls: 100,
                 wait_in_open: Duration::from_secs(60),
                 permitted_in_half_open: 10,
@@ -522,8 +563,15 @@ impl CircuitBreaker {
     fn finish(&self, a: Admission, outcome: Outcome) {
         if !a.disabled {
             let clock = &self.inner.config.clock;
-            self.report(a.generation, outcome, clock.delta(a.started, clock.raw()));
+            let end = clock.raw();
+            self.report(a.generation, outcome, clock.delta(a.started, end), end);
         }
+    }
+
+    /// Clock time since build, for time windows.
+    fn clock_nanos(&self) -> u64 {
+        let clock = &self.inner.config.clock;
+        clock.delta_as_nanos(self.inner.clock_origin, clock.raw())
     }
 
     fn cancel(&self, a: Admission) {
@@ -568,9 +616,11 @@ impl CircuitBreaker {
     fn transition(&self, from: u64, to: u64) -> bool {
         let g = generation(from) + 1;
         if to == CLOSED {
-            self.inner
-                .window
-                .store(Arc::new(CountWindow::new(self.inner.config.window_size, g)));
+            self.inner.window.store(Arc::new(new_window(
+                &self.inner.config,
+                g,
+                self.clock_nanos(),
+            )));
         }
         if self
             .inner
@@ -596,7 +646,8 @@ impl CircuitBreaker {
         part as f32 * 100.0 / whole.max(1) as f32
     }
 
-    fn report(&self, g: u32, outcome: Outcome, elapsed: Duration) {
+    /// `end` is the raw clock reading when the call finished.
+    fn report(&self, g: u32, outcome: Outcome, elapsed: Duration, end: u64) {
         let counters = &self.inner.counters;
         if outcome == Outcome::Ignore {
             counters.ignored.fetch_add(1, Ordering::Relaxed);
@@ -625,11 +676,16 @@ impl CircuitBreaker {
         match state_code(w) {
             CLOSED => {
                 let window = self.inner.window.load();
-                if window.generation != g {
+                if window.generation() != g {
                     return;
                 }
-                window.record(sample);
-                let t = window.totals();
+                // Only a time window needs the time (a conversion per call otherwise wasted).
+                let now_nanos = match **window {
+                    Window::Time(_) => c.clock.delta_as_nanos(self.inner.clock_origin, end),
+                    Window::Count(_) => 0,
+                };
+                window.record(sample, now_nanos);
+                let t = window.totals(now_nanos);
                 if t.calls >= c.minimum_calls
                     && (Self::rate(t.failures, t.calls) >= c.failure_rate_threshold
                         || Self::rate(t.slow, t.calls) >= c.slow_call_rate_threshold)
@@ -741,7 +797,7 @@ impl CircuitBreaker {
     /// Counters and the current window's totals.
     pub fn metrics(&self) -> Metrics {
         let c = &self.inner.counters;
-        let t = self.inner.window.load().totals();
+        let t = self.inner.window.load().totals(self.clock_nanos());
         Metrics {
             successful: c.successful.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
@@ -777,9 +833,11 @@ impl CircuitBreaker {
         let from = self.state();
         let w = self.inner.state.load(Ordering::Acquire);
         let g = generation(w) + 1;
-        self.inner
-            .window
-            .store(Arc::new(CountWindow::new(self.inner.config.window_size, g)));
+        self.inner.window.store(Arc::new(new_window(
+            &self.inner.config,
+            g,
+            self.clock_nanos(),
+        )));
         self.inner
             .state
             .store(pack(g, CLOSED, 0), Ordering::Release);

@@ -1,4 +1,4 @@
-use super::window::{CountWindow, Sample};
+use super::window::{CountWindow, Sample, TimeWindow};
 use super::*;
 use proptest::prelude::*;
 use std::sync::{Arc, Barrier};
@@ -268,7 +268,50 @@ fn bad_settings_are_refused_by_name() {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn time_window_ages_out_old_failures() {
+    let (clock, mock) = quanta::Clock::mock();
+    let cb = CircuitBreaker::builder()
+        .time_window(Duration::from_secs(10), 10)
+        .minimum_calls(5)
+        .clock(clock)
+        .build()
+        .unwrap();
+    fail(&cb, 4);
+    assert_eq!(cb.metrics().window_calls, 4);
+    // 11 s of silence: every bucket expires.
+    mock.increment(Duration::from_secs(11));
+    assert_eq!(cb.metrics().window_calls, 0);
+    succeed(&cb, 1);
+    assert_eq!(cb.state(), State::Closed, "old failures must not count");
+    fail(&cb, 4);
+    assert_eq!(cb.state(), State::Open, "4 of 5 recent calls failed");
+}
+
 proptest! {
+    /// A time window's totals equal a naive count of the samples in its live buckets.
+    #[test]
+    fn time_window_matches_naive_model(
+        buckets in 1u32..12,
+        events in proptest::collection::vec((0u64..1_500, any::<bool>(), any::<bool>()), 0..300),
+    ) {
+        let bucket_nanos = 100_000_000; // 100 ms
+        let w = TimeWindow::new(buckets, bucket_nanos, 0, 0);
+        let mut now = 0u64;
+        let mut model: Vec<(u64, bool, bool)> = Vec::new();
+        for (advance_ms, failed, slow) in events {
+            now += advance_ms * 1_000_000 / 10;
+            w.record(Sample { failed, slow }, now);
+            model.push((now / bucket_nanos, failed, slow));
+            let head = now / bucket_nanos;
+            let live: Vec<_> = model.iter().filter(|(b, _, _)| b + buckets as u64 > head).collect();
+            let t = w.totals(now);
+            prop_assert_eq!(t.calls as usize, live.len());
+            prop_assert_eq!(t.failures as usize, live.iter().filter(|e| e.1).count());
+            prop_assert_eq!(t.slow as usize, live.iter().filter(|e| e.2).count());
+        }
+    }
+
     /// The window's totals equal a naive count over the last `size` samples, after every record.
     #[test]
     fn window_matches_naive_model(size in 1u32..20, samples in proptest::collection::vec((any::<bool>(), any::<bool>()), 0..200)) {
