@@ -257,7 +257,44 @@ fn main() {
         &sync_base,
     );
 
+    // The 5-policy pipeline: timeout ∘ retry ∘ rate limit ∘ circuit breaker ∘ bulkhead.
+    let pipeline = mainstay_resilience::pipeline::Pipeline::new()
+        .with_timeout(std::time::Duration::from_secs(10))
+        .with_retry(
+            mainstay_resilience::retry::Retry::builder()
+                .max_attempts(3)
+                .seed(1)
+                .build(),
+        )
+        .with_rate_limit(
+            mainstay_resilience::rate_limit::RateLimiter::new(
+                u32::MAX,
+                std::time::Duration::from_secs(1),
+                1_000_000,
+            )
+            .expect("limiter"),
+        )
+        .with_circuit_breaker(CircuitBreaker::builder().build().expect("breaker"))
+        .with_bulkhead(mainstay_resilience::bulkhead::Bulkhead::new(
+            "bench",
+            64,
+            std::time::Duration::ZERO,
+        ));
+    let pm = measure(iters, || {
+        black_box(once(pipeline.call(
+            || async { Ok::<u32, ()>(black_box(1)) },
+            |_| mainstay_resilience::retry::Decision::Retry,
+        )))
+        .ok();
+    });
+    let m_pipe = row(
+        "**mainstay** 5-policy pipeline (timeout, retry, rate limit, breaker, bulkhead)",
+        &pm,
+        &async_base,
+    );
+
     println!();
+    println!("- 5-policy pipeline: **{m_pipe:.0} ns**, {:.2} allocations per call (target ≤ 250 ns, 0; Polly v8 publishes 2.1 µs, 40 B)", pm.allocs);
     println!(
         "- bulkhead / tower ConcurrencyLimit: **{:.2}×** the cost (target ≤ 1.5×)",
         m_bh / t_cl
