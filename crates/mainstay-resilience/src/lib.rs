@@ -10,6 +10,7 @@
 //! - [`bulkhead`]: semaphore and thread-pool compartments with a wait limit.
 //! - [`rate_limit`]: a GCRA rate limiter that is `Clone`, with wait or reject.
 //! - [`queue`]: a bounded MPMC queue with the seed's backpressure strategies (+ sampling).
+//! - [`hedge`]: a second attempt after a delay or latency percentile; first success wins.
 //! - [`pipeline`]: the policies composed, with one error type and a serde config.
 //!
 //! Time comes from `tokio::time`, so every policy is tested on paused time.
@@ -18,6 +19,7 @@
 
 pub mod bulkhead;
 pub mod circuit_breaker;
+pub mod hedge;
 pub mod pipeline;
 pub mod queue;
 pub mod rate_limit;
