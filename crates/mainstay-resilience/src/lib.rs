@@ -11,12 +11,14 @@
 //! - [`rate_limit`]: a GCRA rate limiter that is `Clone`, with wait or reject.
 //! - [`queue`]: a bounded MPMC queue with the seed's backpressure strategies (+ sampling).
 //! - [`hedge`]: a second attempt after a delay or latency percentile; first success wins.
+//! - [`adaptive`]: a concurrency limit that adapts (AIMD, Vegas).
 //! - [`pipeline`]: the policies composed, with one error type and a serde config.
 //!
 //! Time comes from `tokio::time`, so every policy is tested on paused time.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod adaptive;
 pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod hedge;
