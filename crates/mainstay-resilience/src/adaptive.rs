@@ -131,7 +131,6 @@ impl AdaptiveLimit {
         Ok(Token {
             limit: self.clone(),
             started: Instant::now(),
-            done: false,
         })
     }
 
