@@ -10,11 +10,14 @@
 //!
 //! Give each dependency its own named instance. Metrics: active, waiting, rejected.
 
+pub mod future;
+mod layer;
 mod pool;
 
 #[cfg(test)]
 mod tests;
 
+pub use layer::{BulkheadLayer, BulkheadService};
 pub use pool::{Cancelled, ThreadPoolBulkhead};
 
 use std::future::Future;
@@ -64,7 +67,7 @@ struct Inner {
     name: String,
     max_concurrent: u32,
     max_wait: Duration,
-    semaphore: Semaphore,
+    semaphore: Arc<Semaphore>,
     waiting: AtomicU64,
     rejected: AtomicU64,
 }
@@ -85,7 +88,7 @@ impl Bulkhead {
                 name: name.into(),
                 max_concurrent,
                 max_wait,
-                semaphore: Semaphore::new(max_concurrent as usize),
+                semaphore: Arc::new(Semaphore::new(max_concurrent as usize)),
                 waiting: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
             }),
@@ -116,6 +119,27 @@ impl Bulkhead {
         }
         self.inner.waiting.fetch_add(1, Ordering::Relaxed);
         let got = tokio::time::timeout(self.inner.max_wait, self.inner.semaphore.acquire()).await;
+        self.inner.waiting.fetch_sub(1, Ordering::Relaxed);
+        match got {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(self.full()),
+        }
+    }
+
+    /// Takes a slot that owns its handle (for `'static` futures), waiting up to `max_wait`.
+    pub async fn acquire_owned(&self) -> Result<tokio::sync::OwnedSemaphorePermit, BulkheadFull> {
+        if let Ok(p) = self.inner.semaphore.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        if self.inner.max_wait.is_zero() {
+            return Err(self.full());
+        }
+        self.inner.waiting.fetch_add(1, Ordering::Relaxed);
+        let got = tokio::time::timeout(
+            self.inner.max_wait,
+            self.inner.semaphore.clone().acquire_owned(),
+        )
+        .await;
         self.inner.waiting.fetch_sub(1, Ordering::Relaxed);
         match got {
             Ok(Ok(p)) => Ok(p),

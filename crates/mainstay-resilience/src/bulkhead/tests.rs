@@ -113,3 +113,34 @@ async fn mainstay_wait(check: impl Fn() -> bool) {
         tokio::task::yield_now().await;
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn tower_layer_holds_a_slot_per_response_and_refuses_after_the_wait() {
+    use tower::{service_fn, Layer, Service, ServiceExt};
+    let bulkhead = Bulkhead::new("api", 1, Duration::from_millis(100));
+    let svc = BulkheadLayer::new(bulkhead.clone()).layer(service_fn(|d: u64| async move {
+        tokio::time::sleep(Duration::from_millis(d)).await;
+        Ok::<_, ()>(d)
+    }));
+    let mut first = svc.clone();
+    let slow = first.ready().await.unwrap().call(500);
+    assert_eq!(
+        bulkhead.metrics().active,
+        1,
+        "the slot is taken in poll_ready"
+    );
+    let start = tokio::time::Instant::now();
+    let refused = svc.clone().oneshot(1).await;
+    assert!(
+        matches!(refused, Err(BulkheadError::Full(ref f)) if f.name == "api"),
+        "{refused:?}"
+    );
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+    assert_eq!(slow.await.unwrap(), 500);
+    assert_eq!(
+        bulkhead.metrics().active,
+        0,
+        "the slot is released with the response"
+    );
+    assert_eq!(svc.oneshot(1).await.unwrap(), 1);
+}
