@@ -21,11 +21,14 @@
 //! dependency that is down gets at most that much extra load (no retry storm).
 
 mod budget;
+pub mod future;
+mod layer;
 
 #[cfg(test)]
 mod tests;
 
 pub use budget::RetryBudget;
+pub use layer::{RetryLayer, RetryService};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -102,7 +105,7 @@ impl<E> RetryError<E> {
 }
 
 /// Why retrying stopped (turned into a [`RetryError`] with the last error).
-enum Stop {
+pub(crate) enum Stop {
     NotRetryable,
     Exhausted,
     Budget,
@@ -110,7 +113,7 @@ enum Stop {
 }
 
 impl Stop {
-    fn with<E>(self, attempts: u32, last: E) -> RetryError<E> {
+    pub(crate) fn with<E>(self, attempts: u32, last: E) -> RetryError<E> {
         match self {
             Stop::NotRetryable => RetryError::NotRetryable(last),
             Stop::Exhausted => RetryError::Exhausted { attempts, last },
@@ -259,9 +262,7 @@ impl Retry {
         D: Fn(&E) -> Decision,
         H: FnMut(u32, Duration, &E),
     {
-        if let Some(b) = &self.budget {
-            b.deposit();
-        }
+        self.deposit();
         let mut previous = self.backoff.base;
         let mut attempt = 0u32;
         loop {
@@ -285,9 +286,7 @@ impl Retry {
         mut op: impl FnMut() -> Result<T, E>,
         decide: impl Fn(&E) -> Decision,
     ) -> Result<T, RetryError<E>> {
-        if let Some(b) = &self.budget {
-            b.deposit();
-        }
+        self.deposit();
         let mut previous = self.backoff.base;
         let mut attempt = 0u32;
         loop {
@@ -304,8 +303,20 @@ impl Retry {
         }
     }
 
+    /// Records one call with the budget, if any.
+    pub(crate) fn deposit(&self) {
+        if let Some(b) = &self.budget {
+            b.deposit();
+        }
+    }
+
+    /// The first backoff "previous delay" (the base).
+    pub(crate) fn base(&self) -> Duration {
+        self.backoff.base
+    }
+
     /// The delay before the next attempt, or why to stop.
-    fn next_delay<E>(
+    pub(crate) fn next_delay<E>(
         &self,
         attempt: u32,
         previous: &mut Duration,

@@ -272,3 +272,54 @@ async fn budget_prevents_a_retry_storm() {
     );
     assert!(budget_refusals > 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn tower_layer_retries_with_the_same_schedule() {
+    use tower::{service_fn, Layer, ServiceExt};
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let inner = service_fn(move |req: &'static str| {
+        let n = counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n < 2 {
+                Err(503u16)
+            } else {
+                Ok(format!("{req}#{n}"))
+            }
+        }
+    });
+    let layer = RetryLayer::new(
+        Retry::builder()
+            .max_attempts(4)
+            .backoff(no_jitter(100))
+            .build(),
+        |e: &u16| {
+            if *e >= 500 {
+                Decision::Retry
+            } else {
+                Decision::Stop
+            }
+        },
+    );
+    let svc = layer.layer(inner);
+    let start = tokio::time::Instant::now();
+    assert_eq!(svc.clone().oneshot("get").await.unwrap(), "get#2");
+    assert_eq!(
+        start.elapsed(),
+        ms(300),
+        "100 ms + 200 ms backoff on paused time"
+    );
+    let failing = layer.layer(service_fn(|_: ()| async { Err::<(), _>(404u16) }));
+    assert!(matches!(
+        failing.oneshot(()).await,
+        Err(RetryError::NotRetryable(404))
+    ));
+    let down = layer.layer(service_fn(|_: ()| async { Err::<(), _>(503u16) }));
+    assert!(matches!(
+        down.oneshot(()).await,
+        Err(RetryError::Exhausted {
+            attempts: 4,
+            last: 503
+        })
+    ));
+}
