@@ -101,6 +101,7 @@ impl Bulkhead {
     }
 
     fn full(&self) -> BulkheadFull {
+        event!(debug, bulkhead = %self.inner.name, "bulkhead full; call refused");
         self.inner.rejected.fetch_add(1, Ordering::Relaxed);
         BulkheadFull {
             name: self.inner.name.clone(),

@@ -491,6 +491,7 @@ impl CircuitBreaker {
     }
 
     fn emit(&self, from: State, to: State) {
+        event!(info, ?from, ?to, "circuit breaker state change");
         let _ = self.inner.events.send(Transition { from, to });
     }
 

@@ -148,6 +148,7 @@ impl Hedge {
                     if self.budget.as_ref().is_none_or(|b| b.try_withdraw()) {
                         running.push(op());
                         hedges_left -= 1;
+                        event!(debug, ?delay, "hedging: started another attempt");
                         next_hedge = Instant::now() + delay;
                     } else {
                         hedges_left = 0;

@@ -14,14 +14,27 @@
 //! - [`adaptive`]: a concurrency limit that adapts (AIMD, Vegas).
 //! - [`pipeline`]: the policies composed, with one error type and a serde config.
 //!
+//! Observability: every policy has a `metrics()` snapshot; [`metrics::Exposition`] renders
+//! them in the Prometheus text format, and the `tracing` feature emits events on state
+//! transitions, retries and refusals (never on the success path).
+//!
 //! Time comes from `tokio::time`, so every policy is tested on paused time.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
+
+/// Emits a `tracing` event when the `tracing` feature is on; compiles to nothing otherwise.
+macro_rules! event {
+    ($level:ident, $($arg:tt)+) => {{
+        #[cfg(feature = "tracing")]
+        tracing::$level!(target: "mainstay_resilience", $($arg)+);
+    }};
+}
 
 pub mod adaptive;
 pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod hedge;
+pub mod metrics;
 pub mod pipeline;
 pub mod queue;
 pub mod rate_limit;

@@ -197,6 +197,7 @@ impl<T> BackpressureQueue<T> {
     }
 
     fn drop_count(&self) {
+        event!(debug, strategy = ?self.shared.strategy, "backpressure queue dropped an item");
         self.shared.dropped.fetch_add(1, Ordering::Relaxed);
     }
 

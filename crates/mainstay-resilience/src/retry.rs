@@ -337,6 +337,7 @@ impl Retry {
         }
         if let Some(b) = &self.budget {
             if !b.try_withdraw() {
+                event!(warn, attempt, "retry budget exhausted; not retrying");
                 return Err(Stop::Budget);
             }
         }
@@ -348,6 +349,7 @@ impl Retry {
             }
         };
         *previous = delay;
+        event!(debug, attempt, ?delay, "retrying after a failure");
         Ok(delay)
     }
 }
