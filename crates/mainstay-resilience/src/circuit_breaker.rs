@@ -133,10 +133,69 @@ struct Config {
     /// `Some((bucket, buckets))` for a time-based window.
     time_window: Option<(Duration, u32)>,
     minimum_calls: u32,
-    wait_in_open: Duration,
+    wait_in_open: WaitInOpen,
+    automatic_transition: bool,
     permitted_in_half_open: u32,
     max_wait_in_half_open: Option<Duration>,
     clock: quanta::Clock,
+}
+
+/// How long OPEN rejects calls, given how many times in a row the breaker has opened
+/// (1 for the first opening after being CLOSED).
+#[derive(Clone)]
+pub enum WaitInOpen {
+    /// Always the same.
+    Fixed(Duration),
+    /// `base · multiplier^(n−1)`, capped at `max`: a dependency that keeps failing its
+    /// trials is probed less and less often.
+    Backoff {
+        /// The first wait.
+        base: Duration,
+        /// The longest wait.
+        max: Duration,
+        /// Growth per consecutive opening.
+        multiplier: f64,
+    },
+    /// Any function of the consecutive-opening count (Polly's break duration generator).
+    Custom(Arc<dyn Fn(u32) -> Duration + Send + Sync>),
+}
+
+impl std::fmt::Debug for WaitInOpen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WaitInOpen::Fixed(d) => f.debug_tuple("Fixed").field(d).finish(),
+            WaitInOpen::Backoff {
+                base,
+                max,
+                multiplier,
+            } => f
+                .debug_struct("Backoff")
+                .field("base", base)
+                .field("max", max)
+                .field("multiplier", multiplier)
+                .finish(),
+            WaitInOpen::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
+
+impl WaitInOpen {
+    fn wait(&self, consecutive_opens: u32) -> Duration {
+        match self {
+            WaitInOpen::Fixed(d) => *d,
+            WaitInOpen::Backoff {
+                base,
+                max,
+                multiplier,
+            } => {
+                let n = consecutive_opens.saturating_sub(1).min(64) as i32;
+                Duration::from_secs_f64(
+                    (base.as_secs_f64() * multiplier.max(1.0).powi(n)).min(max.as_secs_f64()),
+                )
+            }
+            WaitInOpen::Custom(f) => f(consecutive_opens),
+        }
+    }
 }
 
 /// Builds a [`CircuitBreaker`]. Defaults follow resilience4j's.
@@ -191,7 +250,21 @@ impl Builder {
 
     /// How long OPEN rejects calls before trials are allowed. Default: 60 s.
     pub fn wait_in_open(mut self, d: Duration) -> Self {
-        self.config.wait_in_open = d;
+        self.config.wait_in_open = WaitInOpen::Fixed(d);
+        self
+    }
+
+    /// A wait in OPEN that grows with each consecutive opening (reset when the breaker
+    /// closes), or any [`WaitInOpen`]. Default: fixed 60 s.
+    pub fn wait_in_open_strategy(mut self, wait: WaitInOpen) -> Self {
+        self.config.wait_in_open = wait;
+        self
+    }
+
+    /// Move OPEN → HALF_OPEN as soon as the wait has passed, visible to [`CircuitBreaker::state`]
+    /// and metrics without waiting for a call. Default: false (moves on the next call).
+    pub fn automatic_transition_to_half_open(mut self, on: bool) -> Self {
+        self.config.automatic_transition = on;
         self
     }
 
@@ -270,6 +343,8 @@ impl Builder {
                 trials: AtomicU64::new(pack_trials(0, 0, 0, 0)),
                 since_nanos: AtomicU64::new(0),
                 since_generation: AtomicU32::new(0),
+                open_wait_nanos: AtomicU64::new(0),
+                consecutive_opens: AtomicU32::new(0),
                 epoch: Instant::now(),
                 counters: Default::default(),
                 events,
@@ -353,6 +428,10 @@ struct Inner {
     /// when `since_generation` equals the state's generation.
     since_nanos: AtomicU64,
     since_generation: AtomicU32,
+    /// The wait of the current OPEN period (valid with `since_generation`).
+    open_wait_nanos: AtomicU64,
+    /// Openings since the breaker last closed.
+    consecutive_opens: AtomicU32,
     epoch: Instant,
     /// `config.clock` reading at build: windows count time from here.
     clock_origin: u64,
@@ -465,7 +544,8 @@ impl CircuitBreaker {
                 window_size: 100,
                 time_window: None,
                 minimum_calls: 100,
-                wait_in_open: Duration::from_secs(60),
+                wait_in_open: WaitInOpen::Fixed(Duration::from_secs(60)),
+                automatic_transition: false,
                 permitted_in_half_open: 10,
                 max_wait_in_half_open: None,
                 clock: quanta::Clock::new(),
@@ -514,26 +594,8 @@ impl CircuitBreaker {
             match state_code(w) {
                 CLOSED => return Ok(self.permit(g, false, false)),
                 OPEN => {
-                    let waited = self
-                        .since(g)
-                        .is_some_and(|t| self.now_nanos() >= t + c.wait_in_open.as_nanos() as u64);
-                    if !waited {
+                    if !self.try_half_open(w) {
                         return Err(self.reject(State::Open));
-                    }
-                    self.prepare_trials(g + 1);
-                    if self
-                        .inner
-                        .state
-                        .compare_exchange(
-                            w,
-                            pack(g + 1, HALF_OPEN, 0),
-                            Ordering::AcqRel,
-                            Ordering::Acquire,
-                        )
-                        .is_ok()
-                    {
-                        self.mark_since(g + 1);
-                        self.emit(State::Open, State::HalfOpen);
                     }
                 }
                 _ => {
@@ -579,6 +641,34 @@ impl CircuitBreaker {
         if a.half_open {
             self.give_back(a.generation);
         }
+    }
+
+    /// OPEN (state word `w`) → HALF_OPEN if the wait has passed; true if the breaker has
+    /// moved on (by this call or another).
+    fn try_half_open(&self, w: u64) -> bool {
+        let g = generation(w);
+        let waited = self.since(g).is_some_and(|t| {
+            self.now_nanos() >= t + self.inner.open_wait_nanos.load(Ordering::Acquire)
+        });
+        if !waited {
+            return false;
+        }
+        self.prepare_trials(g + 1);
+        if self
+            .inner
+            .state
+            .compare_exchange(
+                w,
+                pack(g + 1, HALF_OPEN, 0),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            self.mark_since(g + 1);
+            self.emit(State::Open, State::HalfOpen);
+        }
+        true
     }
 
     fn permit(&self, generation: u32, half_open: bool, disabled: bool) -> Permit<'_> {
@@ -632,7 +722,15 @@ impl CircuitBreaker {
             return false;
         }
         if to == OPEN {
+            let opens = self.inner.consecutive_opens.fetch_add(1, Ordering::AcqRel) + 1;
+            let wait = self.inner.config.wait_in_open.wait(opens);
+            // Stored before `mark_since` publishes the generation, so readers see both.
+            self.inner
+                .open_wait_nanos
+                .store(wait.as_nanos() as u64, Ordering::Release);
             self.mark_since(g);
+        } else {
+            self.inner.consecutive_opens.store(0, Ordering::Release);
         }
         let name = |code| match code {
             CLOSED => State::Closed,
@@ -765,6 +863,29 @@ impl CircuitBreaker {
         .await
     }
 
+    /// Runs `f` if permitted (`Ok` success, `Err` failure); a refused call runs `fallback`
+    /// instead, given why it was refused.
+    pub async fn call_or_fallback<F, Fut, G, GFut, T, E>(&self, f: F, fallback: G) -> Result<T, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        G: FnOnce(Rejected) -> GFut,
+        GFut: Future<Output = Result<T, E>>,
+    {
+        match self.try_acquire() {
+            Ok(permit) => {
+                let result = f().await;
+                permit.record(if result.is_ok() {
+                    Outcome::Success
+                } else {
+                    Outcome::Failure
+                });
+                result
+            }
+            Err(rejected) => fallback(rejected).await,
+        }
+    }
+
     /// Runs `f` if permitted; `classify` decides how its result counts.
     pub async fn call_classified<F, Fut, T, E, C>(
         &self,
@@ -782,8 +903,15 @@ impl CircuitBreaker {
         result.map_err(CallError::Inner)
     }
 
-    /// The current state (moves OPEN → HALF_OPEN only on the next call).
+    /// The current state. OPEN moves to HALF_OPEN on the next call, or here already with
+    /// `automatic_transition_to_half_open`.
     pub fn state(&self) -> State {
+        if self.inner.config.automatic_transition {
+            let w = self.inner.state.load(Ordering::Acquire);
+            if state_code(w) == OPEN && self.inner.mode.load(Ordering::Acquire) == NORMAL {
+                self.try_half_open(w);
+            }
+        }
         match self.inner.mode.load(Ordering::Acquire) {
             DISABLED => State::Disabled,
             FORCED_OPEN => State::ForcedOpen,

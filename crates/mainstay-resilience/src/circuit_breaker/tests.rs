@@ -415,3 +415,86 @@ mod tower_layer {
         assert_eq!(cb.state(), State::Closed);
     }
 }
+
+mod open_wait {
+    use super::*;
+
+    /// Waits `d` exactly: rejected just before, admitted at `d`.
+    async fn assert_waits(cb: &CircuitBreaker, d: Duration) {
+        tokio::time::advance(d - Duration::from_millis(1)).await;
+        assert!(cb.try_acquire().is_err(), "admitted before {d:?}");
+        tokio::time::advance(Duration::from_millis(1)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_in_open_backs_off_per_consecutive_opening_and_resets_on_close() {
+        let cb = breaker()
+            .permitted_calls_in_half_open(1)
+            .wait_in_open_strategy(WaitInOpen::Backoff {
+                base: Duration::from_secs(1),
+                max: Duration::from_secs(3),
+                multiplier: 2.0,
+            })
+            .build()
+            .unwrap();
+        open(&cb);
+        for wait in [1, 2, 3, 3] {
+            assert_waits(&cb, Duration::from_secs(wait)).await;
+            cb.try_acquire()
+                .expect("trial admitted at the wait")
+                .failure();
+            assert_eq!(cb.state(), State::Open, "a failed trial re-opens");
+        }
+        assert_waits(&cb, Duration::from_secs(3)).await;
+        cb.try_acquire().unwrap().success();
+        assert_eq!(cb.state(), State::Closed);
+        open(&cb);
+        assert_waits(&cb, Duration::from_secs(1)).await;
+        assert!(cb.try_acquire().is_ok(), "closing resets the backoff");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn custom_generator_and_automatic_transition() {
+        let cb = breaker()
+            .wait_in_open_strategy(WaitInOpen::Custom(Arc::new(|n| {
+                Duration::from_millis(500 * n as u64)
+            })))
+            .automatic_transition_to_half_open(true)
+            .build()
+            .unwrap();
+        open(&cb);
+        tokio::time::advance(Duration::from_millis(499)).await;
+        assert_eq!(cb.state(), State::Open);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(cb.state(), State::HalfOpen, "visible without a call");
+        // Without the option, state() waits for a call.
+        let lazy = breaker()
+            .wait_in_open(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        open(&lazy);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(lazy.state(), State::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fallback_runs_only_when_refused() {
+        let cb = breaker().build().unwrap();
+        let r = cb
+            .call_or_fallback(|| async { Ok::<_, ()>("live") }, |_| async { Ok("cached") })
+            .await;
+        assert_eq!(r, Ok("live"));
+        let cb = breaker().build().unwrap();
+        open(&cb);
+        let r = cb
+            .call_or_fallback(
+                || async { Ok::<_, ()>("live") },
+                |rejected| async move {
+                    assert_eq!(rejected.state, State::Open);
+                    Ok("cached")
+                },
+            )
+            .await;
+        assert_eq!(r, Ok("cached"));
+    }
+}
