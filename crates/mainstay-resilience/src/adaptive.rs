@@ -13,8 +13,11 @@
 //! atomic add); the returned [`Token`] reports the outcome. Limits stay within
 //! `[min, max]`. A token dropped without a report counts as ignored (no signal).
 
+mod layer;
 #[cfg(test)]
 mod tests;
+
+pub use layer::{AdaptiveError, AdaptiveLimitLayer, AdaptiveLimitService};
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};

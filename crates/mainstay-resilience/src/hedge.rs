@@ -11,8 +11,11 @@
 //! Guarantees: at most `1 + max_hedges` attempts per call; losers are dropped as soon as a
 //! winner is known; with a budget, extra attempts stay within it.
 
+mod layer;
 #[cfg(test)]
 mod tests;
+
+pub use layer::{HedgeLayer, HedgeService};
 
 use crate::retry::RetryBudget;
 use futures::stream::{FuturesUnordered, StreamExt};

@@ -101,3 +101,46 @@ async fn admission_respects_the_limit_and_bounds() {
     }
     assert_eq!(limit.limit(), 4, "never above max");
 }
+
+#[tokio::test(start_paused = true)]
+async fn tower_layer_refuses_over_the_limit_and_backs_off_on_overload() {
+    use tower::{service_fn, Layer, Service, ServiceExt};
+    let limit = AdaptiveLimit::new(Algorithm::Aimd { backoff: 0.5 }, 4, 1, 10);
+    let layer = AdaptiveLimitLayer::new(limit.clone(), |e: &u16| *e == 503);
+    let svc = layer.layer(service_fn(|code: u16| async move {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if code == 200 {
+            Ok(code)
+        } else {
+            Err(code)
+        }
+    }));
+    // Four in flight fill the limit; the fifth is refused at once.
+    let mut pending = Vec::new();
+    for _ in 0..4 {
+        let mut s = svc.clone();
+        pending.push(s.ready().await.unwrap().call(200));
+    }
+    let refused = svc.clone().oneshot(200).await;
+    assert!(matches!(
+        refused,
+        Err(AdaptiveError::LimitExceeded(LimitExceeded { limit: 4 }))
+    ));
+    for p in pending {
+        assert_eq!(p.await.unwrap(), 200);
+    }
+    assert!(matches!(
+        svc.clone().oneshot(503).await,
+        Err(AdaptiveError::Inner(503))
+    ));
+    assert_eq!(limit.limit(), 2, "an overload error halves the limit");
+    assert!(matches!(
+        svc.clone().oneshot(404).await,
+        Err(AdaptiveError::Inner(404))
+    ));
+    assert_eq!(
+        limit.limit(),
+        2,
+        "a non-overload error is not a backoff signal"
+    );
+}

@@ -129,3 +129,23 @@ async fn percentile_delay_follows_observed_latencies() {
         "p90 of a 90/10 mix of 10 ms and 100 ms: {p90:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn tower_layer_hedges_a_slow_call() {
+    use tower::{service_fn, Layer, ServiceExt};
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let svc = HedgeLayer::new(Hedge::new(HedgeDelay::Fixed(ms(50)), 1)).layer(service_fn(
+        move |req: &'static str| {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(if n == 0 { ms(1000) } else { ms(10) }).await;
+                Ok::<_, ()>(format!("{req} from attempt {n}"))
+            }
+        },
+    ));
+    let start = Instant::now();
+    assert_eq!(svc.oneshot("read").await.unwrap(), "read from attempt 1");
+    assert_eq!(start.elapsed(), ms(60));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
