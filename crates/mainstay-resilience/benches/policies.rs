@@ -439,6 +439,37 @@ fn main() {
         &tower_base,
     );
 
+    let full = mainstay_resilience::pipeline::Pipeline::new()
+        .with_timeout(std::time::Duration::from_secs(10))
+        .with_retry(
+            mainstay_resilience::retry::Retry::builder()
+                .max_attempts(3)
+                .seed(1)
+                .build(),
+        )
+        .with_rate_limit(
+            mainstay_resilience::rate_limit::RateLimiter::new(
+                u32::MAX,
+                std::time::Duration::from_secs(1),
+                1_000_000,
+            )
+            .expect("limiter"),
+        )
+        .with_circuit_breaker(CircuitBreaker::builder().build().expect("breaker"))
+        .with_bulkhead(mainstay_resilience::bulkhead::Bulkhead::new(
+            "bench",
+            64,
+            std::time::Duration::ZERO,
+        ));
+    let mut s9 = mainstay_resilience::pipeline::PipelineLayer::new(full, |_: &std::io::Error| {
+        mainstay_resilience::retry::Decision::Retry
+    })
+    .layer(backend());
+    row(
+        "**mainstay** `PipelineLayer` (the 5 policies as one layer, one error type)",
+        &measure_service(iters, &mut s9),
+        &tower_base,
+    );
     println!();
     println!("- bulkhead layer: tower-resilience / mainstay **{:.1}×**; mainstay / tower ConcurrencyLimit {:.2}× the cost", trb / mb, mb / tb);
     println!(

@@ -9,10 +9,15 @@
 //! refusals retry sensibly: an attempt timeout or a full bulkhead is retried, a rate limit
 //! is retried after its wait, an open breaker is not (fail fast).
 //!
-//! The success path allocates nothing: every layer is a generic future, nothing is boxed.
+//! The success path of [`Pipeline::call`] allocates nothing: every layer is a generic
+//! future, nothing is boxed. [`PipelineLayer`] is the same pipeline as one tower layer with
+//! one error type (its response future is boxed).
 
 #[cfg(feature = "serde")]
 pub mod config;
+mod layer;
+
+pub use layer::{PipelineLayer, PipelineService};
 
 #[cfg(test)]
 mod tests;

@@ -2,6 +2,7 @@ use super::*;
 use crate::circuit_breaker::State;
 use crate::retry::{Backoff, Jitter};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 fn quick_retry(attempts: u32) -> Retry {
     Retry::builder()
@@ -244,4 +245,40 @@ burst = 20
         let cfg: PipelineConfig = toml::from_str("[bulkhead]\nmax_concurrent = 0\n").unwrap();
         assert_eq!(cfg.build("x").unwrap_err().section, "bulkhead");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn as_one_tower_layer_with_one_error_type() {
+    use tower::{service_fn, Layer, ServiceExt};
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let inner = service_fn(move |id: u32| {
+        let n = counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            match (id, n) {
+                (0, _) => Err(404u16),
+                (_, 0) => Err(503),
+                _ => Ok(id * 10),
+            }
+        }
+    });
+    let pipeline = Pipeline::new()
+        .with_retry(quick_retry(3))
+        .with_circuit_breaker(breaker())
+        .with_attempt_timeout(Duration::from_secs(1));
+    let svc = PipelineLayer::new(pipeline, |e: &u16| {
+        if *e >= 500 {
+            Decision::Retry
+        } else {
+            Decision::Stop
+        }
+    })
+    .layer(inner);
+    assert_eq!(
+        svc.clone().oneshot(4).await.unwrap(),
+        40,
+        "the 503 was retried"
+    );
+    let err: ResilienceError<u16> = svc.oneshot(0).await.unwrap_err();
+    assert!(matches!(err, ResilienceError::Inner(404)));
 }
