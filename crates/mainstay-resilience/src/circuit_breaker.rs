@@ -136,6 +136,7 @@ struct Config {
     wait_in_open: WaitInOpen,
     automatic_transition: bool,
     permitted_in_half_open: u32,
+    success_threshold: Option<u32>,
     max_wait_in_half_open: Option<Duration>,
     clock: quanta::Clock,
 }
@@ -274,6 +275,15 @@ impl Builder {
         self
     }
 
+    /// Close HALF_OPEN as soon as `n` trials have succeeded, and re-open as soon as `n`
+    /// successes can no longer be reached (failsafe's success threshold). Slow successes
+    /// count as successes here. Default: none (decide by the failure and slow-call rates
+    /// once every trial has reported).
+    pub fn success_threshold(mut self, n: u32) -> Self {
+        self.config.success_threshold = Some(n);
+        self
+    }
+
     /// Re-open a HALF_OPEN breaker whose trials have not all reported after this long.
     /// Default: none (wait for every trial).
     pub fn max_wait_in_half_open(mut self, d: Duration) -> Self {
@@ -323,6 +333,14 @@ impl Builder {
         }
         if c.permitted_in_half_open == 0 || c.permitted_in_half_open > MAX_TRIALS {
             return bad("permitted_calls_in_half_open", "must be in 1..=1000");
+        }
+        if c.success_threshold
+            .is_some_and(|n| n == 0 || n > c.permitted_in_half_open)
+        {
+            return bad(
+                "success_threshold",
+                "must be in 1..=permitted_calls_in_half_open",
+            );
         }
         if c.slow_call_duration.is_zero() {
             return bad("slow_call_duration", "must be positive");
@@ -547,6 +565,7 @@ impl CircuitBreaker {
                 wait_in_open: WaitInOpen::Fixed(Duration::from_secs(60)),
                 automatic_transition: false,
                 permitted_in_half_open: 10,
+                success_threshold: None,
                 max_wait_in_half_open: None,
                 clock: quanta::Clock::new(),
             },
@@ -821,13 +840,22 @@ impl CircuitBreaker {
                 Err(now) => t = now,
             }
         };
-        // Exactly one reporter sees the last trial and decides.
-        if reported == c.permitted_in_half_open {
-            let trip = Self::rate(failures, reported) >= c.failure_rate_threshold
-                || Self::rate(slow, reported) >= c.slow_call_rate_threshold;
+        // Counts grow by one per report, so exactly one reporter reaches the deciding count.
+        let decision = match c.success_threshold {
+            Some(n) if reported - failures >= n => Some(CLOSED),
+            Some(n) if failures > c.permitted_in_half_open - n => Some(OPEN),
+            Some(_) => None,
+            None if reported == c.permitted_in_half_open => {
+                let trip = Self::rate(failures, reported) >= c.failure_rate_threshold
+                    || Self::rate(slow, reported) >= c.slow_call_rate_threshold;
+                Some(if trip { OPEN } else { CLOSED })
+            }
+            None => None,
+        };
+        if let Some(to) = decision {
             let current = self.inner.state.load(Ordering::Acquire);
             if generation(current) == g && state_code(current) == HALF_OPEN {
-                self.transition(current, if trip { OPEN } else { CLOSED });
+                self.transition(current, to);
             }
         }
     }

@@ -498,3 +498,62 @@ mod open_wait {
         assert_eq!(r, Ok("cached"));
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn success_threshold_decides_as_soon_as_the_outcome_is_certain() {
+    let cb = breaker()
+        .permitted_calls_in_half_open(5)
+        .success_threshold(3)
+        .build()
+        .unwrap();
+    open(&cb);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let trials: Vec<_> = (0..5).map(|_| cb.try_acquire().unwrap()).collect();
+    let mut trials = trials.into_iter();
+    trials.next().unwrap().failure();
+    trials.next().unwrap().success();
+    trials.next().unwrap().success();
+    assert_eq!(
+        cb.state(),
+        State::HalfOpen,
+        "2 of 3 needed successes so far"
+    );
+    trials.next().unwrap().success();
+    assert_eq!(
+        cb.state(),
+        State::Closed,
+        "3 successes close at once, without the fifth trial"
+    );
+    trials.next().unwrap().failure();
+    assert_eq!(
+        cb.state(),
+        State::Closed,
+        "the late fifth trial changes nothing"
+    );
+
+    open(&cb);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    for _ in 0..2 {
+        cb.try_acquire().unwrap().failure();
+    }
+    assert_eq!(
+        cb.state(),
+        State::HalfOpen,
+        "3 of the remaining 3 could still succeed"
+    );
+    cb.try_acquire().unwrap().failure();
+    assert_eq!(
+        cb.state(),
+        State::Open,
+        "3 failures of 5: 3 successes are out of reach"
+    );
+    assert_eq!(
+        CircuitBreaker::builder()
+            .permitted_calls_in_half_open(2)
+            .success_threshold(3)
+            .build()
+            .unwrap_err()
+            .setting,
+        "success_threshold"
+    );
+}

@@ -147,6 +147,8 @@ pub struct CircuitBreakerConfig {
     pub wait_in_open: Option<Duration>,
     /// Trial calls in HALF_OPEN.
     pub permitted_calls_in_half_open: Option<u32>,
+    /// Close HALF_OPEN as soon as this many trials succeed.
+    pub success_threshold: Option<u32>,
     /// Re-open a half-open breaker whose trials do not report within this.
     #[serde(default, deserialize_with = "opt_duration")]
     pub max_wait_in_half_open: Option<Duration>,
@@ -280,6 +282,9 @@ impl PipelineConfig {
             }
             if let Some(v) = c.permitted_calls_in_half_open {
                 b = b.permitted_calls_in_half_open(v);
+            }
+            if let Some(v) = c.success_threshold {
+                b = b.success_threshold(v);
             }
             if let Some(v) = c.max_wait_in_half_open {
                 b = b.max_wait_in_half_open(v);
