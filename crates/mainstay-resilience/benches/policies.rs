@@ -97,6 +97,34 @@ fn backend() -> impl Service<
     tower::service_fn(|x: u32| async move { Ok::<u32, std::io::Error>(x) })
 }
 
+/// The five-policy pipeline of the benchmark: timeout ∘ retry ∘ rate limit ∘ circuit
+/// breaker ∘ bulkhead, configured never to refuse.
+fn five_policies() -> mainstay_resilience::pipeline::Pipeline {
+    use std::time::Duration;
+    mainstay_resilience::pipeline::Pipeline::new()
+        .with_timeout(Duration::from_secs(10))
+        .with_retry(
+            mainstay_resilience::retry::Retry::builder()
+                .max_attempts(3)
+                .seed(1)
+                .build(),
+        )
+        .with_rate_limit(
+            mainstay_resilience::rate_limit::RateLimiter::new(
+                u32::MAX,
+                Duration::from_secs(1),
+                1_000_000,
+            )
+            .expect("limiter"),
+        )
+        .with_circuit_breaker(CircuitBreaker::builder().build().expect("breaker"))
+        .with_bulkhead(mainstay_resilience::bulkhead::Bulkhead::new(
+            "bench",
+            64,
+            Duration::ZERO,
+        ))
+}
+
 fn row(what: &str, m: &Measure, base: &Measure) -> f64 {
     let overhead = (m.ns - base.ns).max(0.1);
     println!(
@@ -301,28 +329,7 @@ fn main() {
     );
 
     // The 5-policy pipeline: timeout ∘ retry ∘ rate limit ∘ circuit breaker ∘ bulkhead.
-    let pipeline = mainstay_resilience::pipeline::Pipeline::new()
-        .with_timeout(std::time::Duration::from_secs(10))
-        .with_retry(
-            mainstay_resilience::retry::Retry::builder()
-                .max_attempts(3)
-                .seed(1)
-                .build(),
-        )
-        .with_rate_limit(
-            mainstay_resilience::rate_limit::RateLimiter::new(
-                u32::MAX,
-                std::time::Duration::from_secs(1),
-                1_000_000,
-            )
-            .expect("limiter"),
-        )
-        .with_circuit_breaker(CircuitBreaker::builder().build().expect("breaker"))
-        .with_bulkhead(mainstay_resilience::bulkhead::Bulkhead::new(
-            "bench",
-            64,
-            std::time::Duration::ZERO,
-        ));
+    let pipeline = five_policies();
     let pm = measure(iters, || {
         black_box(once(pipeline.call(
             || async { Ok::<u32, ()>(black_box(1)) },
@@ -439,28 +446,7 @@ fn main() {
         &tower_base,
     );
 
-    let full = mainstay_resilience::pipeline::Pipeline::new()
-        .with_timeout(std::time::Duration::from_secs(10))
-        .with_retry(
-            mainstay_resilience::retry::Retry::builder()
-                .max_attempts(3)
-                .seed(1)
-                .build(),
-        )
-        .with_rate_limit(
-            mainstay_resilience::rate_limit::RateLimiter::new(
-                u32::MAX,
-                std::time::Duration::from_secs(1),
-                1_000_000,
-            )
-            .expect("limiter"),
-        )
-        .with_circuit_breaker(CircuitBreaker::builder().build().expect("breaker"))
-        .with_bulkhead(mainstay_resilience::bulkhead::Bulkhead::new(
-            "bench",
-            64,
-            std::time::Duration::ZERO,
-        ));
+    let full = five_policies();
     let mut s9 = mainstay_resilience::pipeline::PipelineLayer::new(full, |_: &std::io::Error| {
         mainstay_resilience::retry::Decision::Retry
     })

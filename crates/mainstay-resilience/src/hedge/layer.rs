@@ -61,10 +61,7 @@ where
         let (service, hedge) = (self.inner.clone(), self.hedge.clone());
         Box::pin(async move {
             hedge
-                .run(move || {
-                    let (service, req) = (service.clone(), req.clone());
-                    async move { service.oneshot(req).await }
-                })
+                .run(move || service.clone().oneshot(req.clone()))
                 .await
         })
     }

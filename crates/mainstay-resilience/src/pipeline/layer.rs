@@ -77,10 +77,7 @@ where
         Box::pin(async move {
             pipeline
                 .call(
-                    move || {
-                        let (service, req) = (service.clone(), req.clone());
-                        async move { service.oneshot(req).await }
-                    },
+                    move || service.clone().oneshot(req.clone()),
                     |e: &S::Error| classify(e),
                 )
                 .await
