@@ -56,6 +56,18 @@ pub enum State {
     ForcedOpen,
 }
 
+impl Metrics {
+    /// Calls that reported a result (successful + failed).
+    pub fn calls(&self) -> u64 {
+        self.successful + self.failed
+    }
+
+    /// Mean response latency of the recorded calls, if any.
+    pub fn mean_latency(&self) -> Option<Duration> {
+        (self.calls() > 0).then(|| self.latency_total / self.calls().min(u32::MAX as u64) as u32)
+    }
+}
+
 /// A state change, as sent to [`CircuitBreaker::subscribe`]rs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transition {
@@ -114,12 +126,16 @@ pub struct Metrics {
     pub failed: u64,
     /// Calls slower than `slow_call_duration` (success or failure).
     pub slow: u64,
+    /// Summed response latency of the recorded calls (successful + failed).
+    pub latency_total: Duration,
     /// Calls refused.
     pub rejected: u64,
     /// Results ignored: classified `Ignore`, or late from an earlier period.
     pub ignored: u64,
     /// Failures in the current window.
     pub window_failures: u32,
+    /// Slow calls in the current window.
+    pub window_slow: u32,
     /// Calls in the current window.
     pub window_calls: u32,
 }
@@ -429,6 +445,7 @@ fn unpack_trials(w: u64) -> (u32, u32, u32, u32) {
 
 #[derive(Default)]
 struct Counters {
+    latency_nanos: AtomicU64,
     successful: AtomicU64,
     failed: AtomicU64,
     slow: AtomicU64,
@@ -791,6 +808,9 @@ impl CircuitBreaker {
         if sample.slow {
             counters.slow.fetch_add(1, Ordering::Relaxed);
         }
+        counters
+            .latency_nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
         match state_code(w) {
             CLOSED => {
                 let window = self.inner.window.load();
@@ -802,7 +822,9 @@ impl CircuitBreaker {
                     Window::Time(_) => c.clock.delta_as_nanos(self.inner.clock_origin, end),
                     Window::Count(_) => 0,
                 };
-                window.record(sample, now_nanos);
+                if !window.record(sample, now_nanos) {
+                    return;
+                }
                 let t = window.totals(now_nanos);
                 if t.calls >= c.minimum_calls
                     && (Self::rate(t.failures, t.calls) >= c.failure_rate_threshold
@@ -959,9 +981,11 @@ impl CircuitBreaker {
             successful: c.successful.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
             slow: c.slow.load(Ordering::Relaxed),
+            latency_total: Duration::from_nanos(c.latency_nanos.load(Ordering::Relaxed)),
             rejected: c.rejected.load(Ordering::Relaxed),
             ignored: c.ignored.load(Ordering::Relaxed),
             window_failures: t.failures,
+            window_slow: t.slow,
             window_calls: t.calls,
         }
     }

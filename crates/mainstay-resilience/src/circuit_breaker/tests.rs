@@ -79,6 +79,16 @@ async fn slow_calls_open_the_breaker() {
     assert_eq!(cb.state(), State::Closed, "4 of 7 slow = 57% < 60%");
     call(120);
     assert_eq!(cb.state(), State::Open, "5 of 8 slow = 62.5% ≥ 60%");
+    let m = cb.metrics();
+    assert_eq!((m.calls(), m.window_slow), (8, 5));
+    assert_eq!(
+        m.latency_total,
+        Duration::from_millis(99 + 150 + 99 + 100 + 99 + 120 * 3)
+    );
+    assert_eq!(
+        m.mean_latency(),
+        Some(Duration::from_millis(99 + 150 + 99 + 100 + 99 + 120 * 3) / 8)
+    );
     assert_eq!(cb.metrics().slow, 5);
 }
 
@@ -318,7 +328,9 @@ proptest! {
         let w = CountWindow::new(size, 0);
         let mut model: Vec<(bool, bool)> = Vec::new();
         for (failed, slow) in samples {
-            w.record(Sample { failed, slow });
+            let might_trip = w.record(Sample { failed, slow });
+            // Only a plain success into a full window may skip the threshold check.
+            prop_assert!(might_trip || (!failed && !slow && model.len() >= size as usize));
             model.push((failed, slow));
             let last = &model[model.len().saturating_sub(size as usize)..];
             let t = w.totals();

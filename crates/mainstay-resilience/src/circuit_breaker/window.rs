@@ -56,7 +56,9 @@ impl CountWindow {
         }
     }
 
-    pub(crate) fn record(&self, sample: Sample) {
+    /// Records `sample`; false when it cannot raise a rate or the call count (a plain
+    /// success replacing an older outcome), so no threshold check is needed.
+    pub(crate) fn record(&self, sample: Sample) -> bool {
         let i = (self.head.fetch_add(1, Ordering::Relaxed) % self.slots.len() as u64) as usize;
         let new = sample.code();
         let old = self.slots[i].swap(new, Ordering::AcqRel);
@@ -72,6 +74,7 @@ impl CountWindow {
         adjust(&self.calls, RECORDED);
         adjust(&self.failures, FAILED);
         adjust(&self.slow, SLOW);
+        sample.failed || sample.slow || old == 0
     }
 
     pub(crate) fn totals(&self) -> Totals {
@@ -200,10 +203,15 @@ impl Window {
         }
     }
 
-    pub(crate) fn record(&self, sample: Sample, now_nanos: u64) {
+    /// Records `sample`; false when no threshold check is needed afterwards.
+    pub(crate) fn record(&self, sample: Sample, now_nanos: u64) -> bool {
         match self {
             Window::Count(w) => w.record(sample),
-            Window::Time(w) => w.record(sample, now_nanos),
+            Window::Time(w) => {
+                // A success still adds a call (it may reach minimum_calls): check.
+                w.record(sample, now_nanos);
+                true
+            }
         }
     }
 
