@@ -154,7 +154,37 @@ struct Config {
     permitted_in_half_open: u32,
     success_threshold: Option<u32>,
     max_wait_in_half_open: Option<Duration>,
-    clock: quanta::Clock,
+    clock: CallClock,
+}
+
+/// The clock that times calls (slow-call detection, time windows): raw readings and
+/// differences, so the hot path does no conversion.
+#[derive(Clone, Debug)]
+enum CallClock {
+    /// The TSC through `quanta` (~10 ns a read).
+    Tsc(quanta::Clock),
+    /// `tokio::time`, nanoseconds since the given origin (pausable in tests).
+    Tokio(Instant),
+}
+
+impl CallClock {
+    fn raw(&self) -> u64 {
+        match self {
+            CallClock::Tsc(c) => c.raw(),
+            CallClock::Tokio(origin) => origin.elapsed().as_nanos() as u64,
+        }
+    }
+
+    fn delta_as_nanos(&self, start: u64, end: u64) -> u64 {
+        match self {
+            CallClock::Tsc(c) => c.delta_as_nanos(start, end),
+            CallClock::Tokio(_) => end.saturating_sub(start),
+        }
+    }
+
+    fn delta(&self, start: u64, end: u64) -> Duration {
+        Duration::from_nanos(self.delta_as_nanos(start, end))
+    }
 }
 
 /// How long OPEN rejects calls, given how many times in a row the breaker has opened
@@ -307,12 +337,19 @@ impl Builder {
         self
     }
 
-    /// The clock that times calls for slow-call detection: a TSC read (~10 ns) instead of
-    /// `Instant::now()` (~24 ns), since every call reads it twice. Inject
-    /// `quanta::Clock::mock()` to drive slow calls in tests. The waits in OPEN and
-    /// HALF_OPEN use `tokio::time` (pausable). Default: `quanta::Clock::new()`.
+    /// The clock that times calls (slow-call detection, time windows): a TSC read (~10 ns)
+    /// instead of `Instant::now()` (~24 ns), since every call reads it twice. See also
+    /// [`Self::tokio_clock`] for paused-time tests. The waits in OPEN and HALF_OPEN always
+    /// use `tokio::time`. Default: `quanta::Clock::new()`.
     pub fn clock(mut self, clock: quanta::Clock) -> Self {
-        self.config.clock = clock;
+        self.config.clock = CallClock::Tsc(clock);
+        self
+    }
+
+    /// Time calls with `tokio::time` instead, so paused-time tests drive slow calls and
+    /// time windows with `tokio::time::advance` (a few ns more per call).
+    pub fn tokio_clock(mut self) -> Self {
+        self.config.clock = CallClock::Tokio(Instant::now());
         self
     }
 
@@ -584,7 +621,7 @@ impl CircuitBreaker {
                 permitted_in_half_open: 10,
                 success_threshold: None,
                 max_wait_in_half_open: None,
-                clock: quanta::Clock::new(),
+                clock: CallClock::Tsc(quanta::Clock::new()),
             },
         }
     }

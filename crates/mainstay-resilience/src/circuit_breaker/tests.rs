@@ -57,39 +57,33 @@ async fn stays_closed_under_the_threshold() {
 
 #[tokio::test(start_paused = true)]
 async fn slow_calls_open_the_breaker() {
-    let (clock, mock) = quanta::Clock::mock();
     let cb = breaker()
         .slow_call_rate_threshold(60.0)
         .slow_call_duration(Duration::from_millis(100))
-        .clock(clock)
+        .tokio_clock()
         .build()
         .unwrap();
     let call = |took_ms: u64| {
-        let permit = cb.try_acquire().unwrap();
-        mock.increment(Duration::from_millis(took_ms));
-        permit.success();
+        cb.call(move || async move {
+            tokio::time::sleep(Duration::from_millis(took_ms)).await;
+            Ok::<_, ()>(())
+        })
     };
     // Slow means at least 100 ms: 99 ms is not slow, 100 ms is.
     for took_ms in [99, 150, 99, 100, 99] {
-        call(took_ms);
+        call(took_ms).await.unwrap();
     }
     assert_eq!(cb.state(), State::Closed, "2 of 5 slow = 40% < 60%");
-    call(120);
-    call(120);
+    call(120).await.unwrap();
+    call(120).await.unwrap();
     assert_eq!(cb.state(), State::Closed, "4 of 7 slow = 57% < 60%");
-    call(120);
+    call(120).await.unwrap();
     assert_eq!(cb.state(), State::Open, "5 of 8 slow = 62.5% ≥ 60%");
     let m = cb.metrics();
-    assert_eq!((m.calls(), m.window_slow), (8, 5));
-    assert_eq!(
-        m.latency_total,
-        Duration::from_millis(99 + 150 + 99 + 100 + 99 + 120 * 3)
-    );
-    assert_eq!(
-        m.mean_latency(),
-        Some(Duration::from_millis(99 + 150 + 99 + 100 + 99 + 120 * 3) / 8)
-    );
-    assert_eq!(cb.metrics().slow, 5);
+    assert_eq!((m.calls(), m.window_slow, m.slow), (8, 5, 5));
+    let total = Duration::from_millis(99 + 150 + 99 + 100 + 99 + 120 * 3);
+    assert_eq!(m.latency_total, total);
+    assert_eq!(m.mean_latency(), Some(total / 8));
 }
 
 #[tokio::test(start_paused = true)]
@@ -280,17 +274,16 @@ fn bad_settings_are_refused_by_name() {
 
 #[tokio::test(start_paused = true)]
 async fn time_window_ages_out_old_failures() {
-    let (clock, mock) = quanta::Clock::mock();
     let cb = CircuitBreaker::builder()
         .time_window(Duration::from_secs(10), 10)
         .minimum_calls(5)
-        .clock(clock)
+        .tokio_clock()
         .build()
         .unwrap();
     fail(&cb, 4);
     assert_eq!(cb.metrics().window_calls, 4);
     // 11 s of silence: every bucket expires.
-    mock.increment(Duration::from_secs(11));
+    tokio::time::advance(Duration::from_secs(11)).await;
     assert_eq!(cb.metrics().window_calls, 0);
     succeed(&cb, 1);
     assert_eq!(cb.state(), State::Closed, "old failures must not count");
