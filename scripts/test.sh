@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian machine and runs every check: fmt, clippy -D warnings, all tests
-# (against real Redis, PostgreSQL, etcd and ZooKeeper started on free loopback ports), doc tests.
+# (against real Redis, PostgreSQL, etcd and ZooKeeper started on free loopback ports), doc
+# tests, and the doc build with warnings as errors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,3 +35,4 @@ if cargo nextest --version >/dev/null 2>&1; then
 fi
 "$target_dir/debug/mainstay-testkit" run -- "${runner[@]}"
 cargo test -q --workspace --all-features --doc
+RUSTDOCFLAGS="-D warnings" cargo doc -q --workspace --no-deps --all-features

@@ -47,7 +47,7 @@ fn mode_of(v: u8) -> ProxyMode {
 }
 
 impl TcpProxy {
-    /// Starts forwarding 127.0.0.1:<free port> to `upstream` (`host:port`).
+    /// Starts forwarding `127.0.0.1:<free port>` to `upstream` (`host:port`).
     pub fn start(upstream: &str) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
