@@ -347,7 +347,8 @@ impl Builder {
     }
 
     /// Time calls with `tokio::time` instead, so paused-time tests drive slow calls and
-    /// time windows with `tokio::time::advance` (a few ns more per call).
+    /// time windows with `tokio::time::advance` (a few ns more per call). Default: off (the
+    /// TSC clock of [`Self::clock`]).
     pub fn tokio_clock(mut self) -> Self {
         self.config.clock = CallClock::Tokio(Instant::now());
         self
