@@ -35,4 +35,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 fi
 "$target_dir/debug/mainstay-testkit" run -- "${runner[@]}"
 cargo test -q --workspace --all-features --doc
+# The README's run command resolves to the mainstay binary from the workspace root.
+cargo run -q -- --help >/dev/null
 RUSTDOCFLAGS="-D warnings" cargo doc -q --workspace --no-deps --all-features
