@@ -11,4 +11,7 @@
 pub mod clock;
 pub mod config;
 pub mod duration;
+pub mod failpoint;
 pub mod id;
+#[cfg(feature = "postgres")]
+pub mod pg;

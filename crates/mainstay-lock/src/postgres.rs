@@ -15,9 +15,8 @@ use crate::backend::{LockBackend, TryAcquire};
 use crate::error::LockError;
 use crate::lease::{Holder, Lease, LockName};
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use mainstay_core::config::BackendKind;
-use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -91,27 +90,10 @@ impl PostgresBackend {
     /// Connects to `url` (`postgres://user@host:port/db`, or key=value form), with a pool of
     /// up to 16 connections, and creates the lock table if missing.
     pub async fn connect(url: &str) -> Result<Self, LockError> {
-        let config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| LockError::Config(format!("invalid PostgreSQL URL: {e}")))?;
-        let manager = Manager::from_config(
-            config,
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(16)
-            .wait_timeout(Some(Duration::from_secs(10)))
-            .create_timeout(Some(Duration::from_secs(10)))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|e| LockError::Config(format!("PostgreSQL pool: {e}")))?;
-        let client = pool.get().await.map_err(pg_err)?;
-        // Concurrent first starts can race on the catalog; the loser's retry sees the table.
-        if client.batch_execute(SCHEMA).await.is_err() {
-            client.batch_execute(SCHEMA).await.map_err(pg_err)?;
-        }
+        let pool = mainstay_core::pg::pool(url, 16).map_err(LockError::Config)?;
+        mainstay_core::pg::ensure_schema(&pool, SCHEMA)
+            .await
+            .map_err(pg_err)?;
         Ok(PostgresBackend {
             pool,
             released: Default::default(),

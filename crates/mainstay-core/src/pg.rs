@@ -1,0 +1,42 @@
+//! A PostgreSQL connection pool from a URL (feature `postgres`), shared by every crate
+//! that keeps state in PostgreSQL, so they all pool, time out and report errors alike.
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A pool of up to `max_size` connections to `url` (`postgres://user@host:port/db` or the
+/// key=value form). Waiting for a connection and opening one each time out after 10 s.
+/// Connects lazily: the first `get()` reports an unreachable server. The error names what
+/// is wrong with the URL.
+pub fn pool(url: &str, max_size: usize) -> Result<Pool, String> {
+    let config = tokio_postgres::Config::from_str(url)
+        .map_err(|e| format!("invalid PostgreSQL URL: {e}"))?;
+    let manager = Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(max_size)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| format!("PostgreSQL pool: {e}"))
+}
+
+/// Runs `schema` (idempotent DDL) on a pooled connection. Concurrent first starts can
+/// race on the catalog; the loser's retry sees the tables.
+pub async fn ensure_schema(pool: &Pool, schema: &str) -> Result<(), String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    if client.batch_execute(schema).await.is_err() {
+        client
+            .batch_execute(schema)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

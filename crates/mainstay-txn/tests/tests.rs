@@ -1,0 +1,3 @@
+//! Integration tests of mainstay-txn against real SQLite files and a real PostgreSQL.
+mod common;
+mod sagas;
