@@ -4,8 +4,9 @@
 //! crate ([`mainstay_lock`]) and maps the result to JSON or to an
 //! `application/problem+json` error. Routes (see `/v1/openapi.json`):
 //! `/v1/locks/{name}` (acquire, extend, release, status), `/v1/elections/{name}`
-//! (campaign, keepalive, resign, leader, observe as Server-Sent Events), `/healthz`,
-//! `/readyz`, `/metrics` (Prometheus text).
+//! (campaign, keepalive, resign, leader, observe as Server-Sent Events),
+//! `/v1/saga-definitions` and `/v1/sagas` (register, start, query, watch, retry, abort;
+//! [`mainstay_txn`]), `/healthz`, `/readyz`, `/metrics` (Prometheus text).
 //!
 //! Guarantees: bad input (malformed JSON, unknown fields, out-of-range values, names with
 //! `/` or over 256 bytes, bodies over 1 MiB) gets a 4xx problem and changes nothing; a
@@ -13,6 +14,7 @@
 //! Auth: a bearer token, required on `/v1/*` when configured (health and metrics stay open);
 //! [`check_bind`] refuses a non-loopback address without one.
 #![forbid(unsafe_code)]
+#![recursion_limit = "256"]
 #![warn(missing_docs, unreachable_pub)]
 
 mod auth;
@@ -21,6 +23,7 @@ mod locks;
 mod metrics;
 mod openapi;
 mod problem;
+mod sagas;
 
 pub use metrics::Metrics;
 pub use problem::Problem;
@@ -29,6 +32,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use mainstay_lock::{Election, LockClient};
+use mainstay_txn::saga::Orchestrator;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -40,17 +44,20 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 pub struct AppState {
     pub(crate) locks: LockClient,
     pub(crate) elections: Election,
+    pub(crate) sagas: Orchestrator,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) token: Option<Arc<str>>,
 }
 
 impl AppState {
-    /// State over a lock client; `token` enables bearer auth on `/v1/*`.
-    pub fn new(locks: LockClient, token: Option<String>) -> Self {
+    /// State over a lock client and a (started) saga orchestrator; `token` enables bearer
+    /// auth on `/v1/*`.
+    pub fn new(locks: LockClient, sagas: Orchestrator, token: Option<String>) -> Self {
         let metrics = Arc::new(Metrics::new(locks.kind().as_str()));
         AppState {
             elections: Election::new(locks.clone()),
             locks,
+            sagas,
             metrics,
             token: token.map(Arc::from),
         }
@@ -79,6 +86,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/elections/{name}/keepalive", post(elections::keepalive))
         .route("/v1/elections/{name}/resign", post(elections::resign))
         .route("/v1/elections/{name}/observe", get(elections::observe))
+        .route(
+            "/v1/saga-definitions",
+            get(sagas::definitions).post(sagas::register),
+        )
+        .route("/v1/saga-definitions/{name}", get(sagas::definition))
+        .route("/v1/sagas", get(sagas::list).post(sagas::start))
+        .route("/v1/sagas/{id}", get(sagas::get))
+        .route("/v1/sagas/{id}/events", get(sagas::events))
+        .route("/v1/sagas/{id}/retry", post(sagas::retry))
+        .route("/v1/sagas/{id}/abort", post(sagas::abort))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

@@ -111,8 +111,27 @@ pub(crate) async fn track(State(s): State<AppState>, req: Request, next: Next) -
 }
 
 pub(crate) async fn render(State(s): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.encode(),
-    )
+    let mut text = s.metrics.encode();
+    let m = s.sagas.metrics();
+    let log = s.sagas.log_kind();
+    text.push_str(
+        "# HELP mainstay_sagas_total Sagas by outcome since this server started (started, completed, failed, parked, aborted, resumed)\n# TYPE mainstay_sagas_total counter\n",
+    );
+    for (outcome, n) in [
+        ("started", m.started),
+        ("completed", m.completed),
+        ("failed", m.failed),
+        ("parked", m.parked),
+        ("aborted", m.aborted),
+        ("resumed", m.resumed),
+    ] {
+        text.push_str(&format!(
+            "mainstay_sagas_total{{log=\"{log}\",outcome=\"{outcome}\"}} {n}\n"
+        ));
+    }
+    text.push_str(&format!(
+        "# HELP mainstay_sagas_active Sagas this server is driving now\n# TYPE mainstay_sagas_active gauge\nmainstay_sagas_active{{log=\"{log}\"}} {}\n",
+        m.active
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -15,15 +15,33 @@ fn problem(description: &str) -> Value {
 }
 
 fn op(summary: &str, request: Option<&str>, response: &str, conflict: Option<&str>) -> Value {
+    op_on("name", summary, request, response, conflict)
+}
+
+fn op_on(
+    param: &str,
+    summary: &str,
+    request: Option<&str>,
+    response: &str,
+    conflict: Option<&str>,
+) -> Value {
     let mut responses = json!({"200": ok(response), "400": problem("invalid input"), "401": problem("missing or wrong bearer token"), "503": problem("backend unavailable")});
     if let Some(c) = conflict {
         responses["409"] = problem(c);
     }
-    let mut o = json!({"summary": summary, "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string", "maxLength": 256}}], "responses": responses});
+    let mut o = json!({"summary": summary, "responses": responses});
+    if !param.is_empty() {
+        o["parameters"] = json!([{"name": param, "in": "path", "required": true, "schema": {"type": "string", "maxLength": 256}}]);
+    }
+    responses_404(&mut o);
     if let Some(r) = request {
         o["requestBody"] = body(r);
     }
     o
+}
+
+fn responses_404(o: &mut Value) {
+    o["responses"]["404"] = problem("no such saga or definition");
 }
 
 /// The document.
@@ -32,7 +50,7 @@ pub(crate) fn document() -> Value {
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Mainstay", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "Distributed locks with fencing tokens and leader election. Errors are application/problem+json."},
+                 "description": "Distributed locks with fencing tokens, leader election, and durable sagas. Errors are application/problem+json."},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
@@ -54,6 +72,22 @@ pub(crate) fn document() -> Value {
                 "Resigned": {"type": "object", "properties": {"name": {"type": "string"}, "resigned": {"type": "boolean"}}},
                 "LeaderStatus": {"type": "object", "properties": {"name": {"type": "string"},
                     "leader": {"type": ["object", "null"], "properties": {"name": {"type": "string"}, "candidate": {"type": "string"}, "epoch": ms, "expires_at_ms": ms}}}},
+                "Call": {"type": "object", "additionalProperties": false, "description": "an HTTP call (url, optional method; default POST) or a handler registered in a Rust orchestrator",
+                    "properties": {"method": {"type": "string"}, "url": {"type": "string", "format": "uri"}, "handler": {"type": "string"}}},
+                "RetrySpec": {"type": "object", "additionalProperties": false, "properties": {"max_attempts": {"type": "integer", "minimum": 1, "maximum": 100}, "base_delay_ms": ms, "max_delay_ms": ms}},
+                "SagaDefinition": {"type": "object", "additionalProperties": false, "required": ["name", "steps"], "properties": {
+                    "name": {"type": "string", "maxLength": 256}, "deadline_ms": {"type": "integer", "minimum": 1},
+                    "steps": {"type": "array", "minItems": 1, "maxItems": 64, "items": {"type": "object", "additionalProperties": false, "required": ["name", "action"], "properties": {
+                        "name": {"type": "string"}, "action": {"$ref": "#/components/schemas/Call"}, "compensation": {"$ref": "#/components/schemas/Call"},
+                        "timeout_ms": {"type": "integer", "minimum": 1}, "retry": {"$ref": "#/components/schemas/RetrySpec"}, "compensation_retry": {"$ref": "#/components/schemas/RetrySpec"}}}}}},
+                "SagaDefinitions": {"type": "array", "items": {"$ref": "#/components/schemas/SagaDefinition"}},
+                "StartSaga": {"type": "object", "additionalProperties": false, "required": ["definition"], "properties": {"definition": {"type": "string"}, "input": {}, "idempotency_key": {"type": "string", "maxLength": 256}}},
+                "Saga": {"type": "object", "properties": {"id": {"type": "string"}, "status": {"enum": ["pending", "running", "completed", "compensating", "failed", "compensation_failed", "aborted"]},
+                    "definition": {"$ref": "#/components/schemas/SagaDefinition"}, "input": {}, "error": {"type": ["string", "null"]}, "idempotency_key": {"type": ["string", "null"]},
+                    "steps": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "status": {"enum": ["pending", "running", "completed", "failed", "compensating", "compensated", "compensation_failed"]}, "output": {}, "error": {"type": "string"}}}},
+                    "created_at_ms": ms, "updated_at_ms": ms, "deadline_at_ms": {"type": ["integer", "null"]}, "history_len": ms, "abort_requested": {"type": "boolean"},
+                    "history": {"type": "array", "items": {"type": "object", "properties": {"seq": ms, "at_ms": ms, "event": {"type": "string"}, "step": {"type": "integer"}, "detail": {}}}}}},
+                "SagaList": {"type": "object", "properties": {"sagas": {"type": "array", "items": {"type": "object", "properties": {"id": {"type": "string"}, "definition": {"type": "string"}, "status": {"type": "string"}, "error": {"type": ["string", "null"]}, "created_at_ms": ms, "updated_at_ms": ms}}}}},
                 "Problem": {"type": "object", "required": ["type", "title", "status"], "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"}}}
             }
         },
@@ -70,6 +104,15 @@ pub(crate) fn document() -> Value {
             "/v1/elections/{name}/observe": {"get": {"summary": "Server-Sent Events: `leader` events with the leader (or null) now and on every change",
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}, {"name": "interval_ms", "in": "query", "schema": {"type": "integer", "minimum": 10}}],
                 "responses": {"200": {"description": "event stream", "content": {"text/event-stream": {}}}}}},
+            "/v1/saga-definitions": {"post": op_on("", "Register (or replace) a saga definition; 201", Some("SagaDefinition"), "SagaDefinition", None), "get": op_on("", "All definitions", None, "SagaDefinitions", None)},
+            "/v1/saga-definitions/{name}": {"get": op("One definition", None, "SagaDefinition", None)},
+            "/v1/sagas": {"post": op_on("", "Start a saga (201), or get the one an idempotency key (body or Idempotency-Key header) already started (200)", Some("StartSaga"), "Saga", None),
+                          "get": {"summary": "Sagas, newest first", "parameters": [{"name": "status", "in": "query", "schema": {"type": "string"}}, {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}}], "responses": {"200": ok("SagaList"), "400": problem("invalid status or limit")}}},
+            "/v1/sagas/{id}": {"get": op_on("id", "A saga with its history; ?wait_ms=N waits for a final status", None, "Saga", None)},
+            "/v1/sagas/{id}/retry": {"post": op_on("id", "Retry a saga parked as compensation_failed", None, "Saga", Some("the saga is not parked"))},
+            "/v1/sagas/{id}/abort": {"post": op_on("id", "Abort: a running saga compensates; a parked one becomes aborted", None, "Saga", Some("the saga already finished"))},
+            "/v1/sagas/{id}/events": {"get": {"summary": "Server-Sent Events: the saga's history entries (id = seq; resume with Last-Event-ID), then live ones, ending at a terminal status (completed, failed, aborted)",
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}], "responses": {"200": {"description": "event stream", "content": {"text/event-stream": {}}}, "404": problem("no such saga")}}},
             "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "alive"}}}},
             "/readyz": {"get": {"summary": "Readiness (backend reachable)", "security": [], "responses": {"200": {"description": "ready"}, "503": problem("backend unavailable")}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "text exposition"}}}}

@@ -4,6 +4,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use mainstay_lock::LockError;
+use mainstay_txn::TxnError;
 use serde_json::{json, Map, Value};
 
 /// An HTTP error a client can act on.
@@ -46,7 +47,7 @@ impl Problem {
         Problem::new(
             StatusCode::NOT_FOUND,
             "not-found",
-            "no such route (lock and election names must not contain '/')",
+            "no such route (lock, election and saga names must not contain '/')",
         )
     }
 
@@ -121,6 +122,39 @@ impl From<LockError> for Problem {
                 .with("needed", needed)
                 .with("instances", instances),
             LockError::Backend { .. } => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "backend-unavailable",
+                title,
+            ),
+            _ => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", title),
+        }
+    }
+}
+
+impl From<TxnError> for Problem {
+    fn from(e: TxnError) -> Self {
+        let title = e.to_string();
+        match e {
+            TxnError::InvalidArgument { field, .. } => {
+                Problem::bad_request(title).with("field", field)
+            }
+            TxnError::NotFound { what, id } => {
+                let kind = match what {
+                    "definition" => "saga-definition-not-found",
+                    "saga" => "saga-not-found",
+                    _ => "not-found",
+                };
+                Problem::new(StatusCode::NOT_FOUND, kind, title).with("id", id)
+            }
+            TxnError::InvalidState { id, status, .. } => {
+                Problem::new(StatusCode::CONFLICT, "saga-state-conflict", title)
+                    .with("id", id)
+                    .with("saga_status", status)
+            }
+            TxnError::Fenced { id } => {
+                Problem::new(StatusCode::CONFLICT, "saga-owned-elsewhere", title).with("id", id)
+            }
+            TxnError::Backend { .. } => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "backend-unavailable",
                 title,

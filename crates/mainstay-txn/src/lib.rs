@@ -9,7 +9,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+mod connect;
 pub mod error;
 pub mod saga;
 
+pub use connect::connect_log;
 pub use error::TxnError;

@@ -29,6 +29,7 @@
 
 mod definition;
 mod http;
+pub mod operator;
 mod orchestrator;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -102,6 +103,15 @@ impl SagaStatus {
     /// True when nothing more will happen without an operator.
     pub fn is_final(self) -> bool {
         !self.is_active()
+    }
+
+    /// True when nothing more can happen at all: completed, failed or aborted (a parked
+    /// saga can still be retried or aborted).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            SagaStatus::Completed | SagaStatus::Failed | SagaStatus::Aborted
+        )
     }
 }
 

@@ -21,6 +21,16 @@ pub(crate) struct GlobalArgs {
     /// etcd endpoints, or ZooKeeper host:port list.
     #[arg(long, global = true, env = "MAINSTAY_LOCK_URL")]
     backend_url: Option<String>,
+    /// Where sagas and transactions keep their log: sqlite or postgres. Default: sqlite.
+    #[arg(long, global = true, env = "MAINSTAY_TXN_BACKEND")]
+    txn_backend: Option<BackendKind>,
+    /// The log's address: a SQLite file (default <data-dir>/txn.db) or a PostgreSQL URL.
+    #[arg(long, global = true, env = "MAINSTAY_TXN_URL")]
+    txn_url: Option<String>,
+    /// This node's name in the saga log; a restarted node with the same name resumes its
+    /// sagas at once. Default: the host name.
+    #[arg(long, global = true, env = "MAINSTAY_NODE_ID")]
+    node_id: Option<String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -30,6 +40,8 @@ struct File {
     server: ServerFile,
     #[serde(default)]
     lock: Option<BackendConfig>,
+    #[serde(default)]
+    txn: Option<BackendConfig>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -38,6 +50,7 @@ struct ServerFile {
     listen: Option<String>,
     token: Option<String>,
     data_dir: Option<PathBuf>,
+    node_id: Option<String>,
 }
 
 /// The merged configuration.
@@ -45,6 +58,8 @@ struct ServerFile {
 pub(crate) struct Config {
     pub(crate) data_dir: PathBuf,
     pub(crate) backend: BackendConfig,
+    pub(crate) txn: BackendConfig,
+    pub(crate) node_id: Option<String>,
     pub(crate) listen: Option<String>,
     pub(crate) token: Option<String>,
 }
@@ -74,7 +89,19 @@ impl Config {
         if let Some(url) = &args.backend_url {
             backend.url = Some(url.clone());
         }
+        let mut txn = file.txn.unwrap_or_default();
+        if let Some(kind) = args.txn_backend {
+            if kind != txn.backend {
+                txn.url = None;
+            }
+            txn.backend = kind;
+        }
+        if let Some(url) = &args.txn_url {
+            txn.url = Some(url.clone());
+        }
         Ok(Config {
+            txn,
+            node_id: args.node_id.clone().or(file.server.node_id),
             data_dir: args
                 .data_dir
                 .clone()
@@ -84,6 +111,14 @@ impl Config {
             listen: file.server.listen,
             token: file.server.token,
         })
+    }
+
+    pub(crate) async fn saga_log(
+        &self,
+    ) -> anyhow::Result<std::sync::Arc<dyn mainstay_txn::saga::SagaLog>> {
+        mainstay_txn::connect_log(&self.txn, &self.data_dir)
+            .await
+            .with_context(|| format!("cannot open the {} saga log", self.txn.backend.as_str()))
     }
 
     pub(crate) async fn lock_client(&self) -> anyhow::Result<mainstay_lock::LockClient> {

@@ -5,11 +5,12 @@
 mod config;
 mod fence;
 mod lock;
+mod saga;
 mod serve;
 
 use clap::{Parser, Subcommand};
 
-/// Distributed-systems building blocks: locks with fencing tokens, leader election, and more.
+/// Distributed-systems building blocks: locks with fencing tokens, leader election, durable sagas, and more.
 #[derive(Parser)]
 #[command(name = "mainstay", version, about, propagate_version = true)]
 struct Cli {
@@ -29,6 +30,9 @@ enum Command {
     /// Fenced resources: install the guards that reject stale fencing tokens.
     #[command(subcommand)]
     Fence(fence::FenceCommand),
+    /// Sagas: list, show, retry a parked one, abort.
+    #[command(subcommand)]
+    Saga(saga::SagaCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,6 +64,7 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve::run(config, args).await,
             Command::Lock(cmd) => lock::run(config, cmd).await,
             Command::Fence(cmd) => fence::run(cmd).await,
+            Command::Saga(cmd) => saga::run(config, cmd).await,
         }
     });
     match result {

@@ -29,6 +29,16 @@ pub(crate) async fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitC
         .filter(|t| !t.is_empty());
     mainstay_server::check_bind(&addr, token.as_deref()).map_err(anyhow::Error::msg)?;
     let locks = config.lock_client().await?;
+    let log = config.saga_log().await?;
+    let mut sagas = mainstay_txn::saga::Orchestrator::builder_arc(log);
+    if let Some(id) = &config.node_id {
+        sagas = sagas.node_id(id);
+    }
+    let sagas = sagas.build();
+    let resumed = sagas
+        .start()
+        .await
+        .context("cannot resume unfinished sagas")?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -41,12 +51,13 @@ pub(crate) async fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitC
         _ => config.backend.url.clone().unwrap_or_default(),
     };
     tracing::info!(
-        "mainstay listening on http://{} (lock backend {} at {where_}; auth {})",
+        "mainstay listening on http://{} (lock backend {} at {where_}; saga log {}, {resumed} unfinished sagas resumed; auth {})",
         listener.local_addr()?,
         locks.kind().as_str(),
+        sagas.log_kind(),
         if token.is_some() { "on" } else { "off" }
     );
-    let state = mainstay_server::AppState::new(locks, token);
+    let state = mainstay_server::AppState::new(locks, sagas, token);
     mainstay_server::serve(listener, state, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

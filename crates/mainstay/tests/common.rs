@@ -15,11 +15,21 @@ pub fn mainstay(dir: &std::path::Path) -> Command {
     cmd
 }
 
-/// An in-process server on a free port over `locks`; returns its base URL.
+/// An in-process server on a free port over `locks` (sagas in a SQLite file beside the
+/// locks' temp dir, or in a private temp dir); returns its base URL.
 pub async fn serve(locks: LockClient, token: Option<&str>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let state = mainstay_server::AppState::new(locks, token.map(String::from));
+    let dir = tempfile::tempdir().unwrap();
+    let log = mainstay_txn::saga::sqlite::SqliteSagaLog::open(dir.path().join("txn.db")).unwrap();
+    // The server task runs until the test's runtime ends; so does the log's directory.
+    let sagas = mainstay_txn::saga::Orchestrator::builder(log).build();
+    sagas.start().await.unwrap();
+    tokio::spawn(async move {
+        std::future::pending::<()>().await;
+        drop(dir);
+    });
+    let state = mainstay_server::AppState::new(locks, sagas, token.map(String::from));
     tokio::spawn(mainstay_server::serve(
         listener,
         state,

@@ -4,3 +4,6 @@ mod cli;
 mod common;
 mod holders;
 mod http;
+mod participant;
+mod saga_crash;
+mod saga_http;

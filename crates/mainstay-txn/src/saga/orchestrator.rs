@@ -2,8 +2,8 @@
 
 use super::definition::{Call, SagaDefinition};
 use super::{
-    http, Created, HistoryEntry, Saga, SagaEvent, SagaLog, SagaStatus, SagaSummary, StepState,
-    StepStatus,
+    http, operator, Created, HistoryEntry, Saga, SagaEvent, SagaLog, SagaStatus, SagaSummary,
+    StepState, StepStatus,
 };
 use crate::error::TxnError;
 use async_trait::async_trait;
@@ -245,8 +245,8 @@ impl Orchestrator {
     }
 
     /// Resumes every unfinished saga this node may claim, all at once, and keeps doing so
-    /// in the background (taking over sagas whose owner's lease expired) while renewing
-    /// this node's leases. Returns how many sagas it resumed now. Call once.
+    /// in the background every third of the lease (taking over sagas whose owner's lease
+    /// expired, and sagas an operator retried) while renewing this node's leases. Returns how many sagas it resumed now. Call once.
     pub async fn start(&self) -> Result<usize, TxnError> {
         let resumed = self.inner.resume_claimable().await?;
         let weak = Arc::downgrade(&self.inner);
@@ -408,38 +408,10 @@ impl Orchestrator {
     }
 
     /// Operator retry of a parked (`compensation_failed`) saga: its compensation runs
-    /// again (with a fresh retry allowance) and the saga continues backward.
+    /// again (with a fresh retry allowance) and the saga continues backward, driven here.
     pub async fn retry(&self, id: &str) -> Result<Saga, TxnError> {
-        let mut saga = self.get(id).await?;
-        if saga.status != SagaStatus::CompensationFailed {
-            return Err(TxnError::InvalidState {
-                id: id.to_string(),
-                status: saga.status.to_string(),
-                action: "retry (only compensation_failed sagas can be retried)",
-            });
-        }
-        for step in &mut saga.steps {
-            if step.status == StepStatus::CompensationFailed {
-                step.status = StepStatus::Compensating;
-            }
-        }
-        saga.status = SagaStatus::Compensating;
-        saga.updated_at_ms = now_ms();
-        let history = vec![entry(&mut saga, "operator_retry", None, None)];
-        if !self
-            .inner
-            .log
-            .save_if(&saga, SagaStatus::CompensationFailed, &history)
-            .await?
-        {
-            let now = self.get(id).await?;
-            return Err(TxnError::InvalidState {
-                id: id.to_string(),
-                status: now.status.to_string(),
-                action: "retry (it changed meanwhile)",
-            });
-        }
-        self.inner.publish(&saga, &history);
+        let saga = operator::retry(self.inner.log.as_ref(), id).await?;
+        self.inner.publish(&saga, &saga_last_entry(self, id).await?);
         let lease_ms = self.inner.lease.as_millis() as u64;
         if let Some((epoch, saga)) = self
             .inner
@@ -452,53 +424,14 @@ impl Orchestrator {
         Ok(saga)
     }
 
-    /// Operator abort. A pending or running saga stops going forward and compensates
-    /// (at the next step boundary: an in-flight call finishes first); a parked saga
-    /// becomes `aborted` and its remaining compensations will not run.
+    /// Operator abort: see [`operator::abort`].
     pub async fn abort(&self, id: &str) -> Result<Saga, TxnError> {
-        let mut saga = self.get(id).await?;
-        match saga.status {
-            SagaStatus::Pending | SagaStatus::Running => {
-                if self.inner.log.request_abort(id).await? {
-                    // Whoever drives it sees the flag at its next write; if nobody does
-                    // (its node died), the next claim sees it.
-                    saga.abort_requested = true;
-                    return Ok(saga);
-                }
-                let now = self.get(id).await?;
-                Err(TxnError::InvalidState {
-                    id: id.to_string(),
-                    status: now.status.to_string(),
-                    action: "abort (it finished meanwhile)",
-                })
-            }
-            SagaStatus::CompensationFailed => {
-                saga.status = SagaStatus::Aborted;
-                saga.updated_at_ms = now_ms();
-                let history = vec![entry(&mut saga, "operator_abort", None, None)];
-                if self
-                    .inner
-                    .log
-                    .save_if(&saga, SagaStatus::CompensationFailed, &history)
-                    .await?
-                {
-                    self.inner.counters.aborted.fetch_add(1, Ordering::Relaxed);
-                    self.inner.publish(&saga, &history);
-                    return Ok(saga);
-                }
-                let now = self.get(id).await?;
-                Err(TxnError::InvalidState {
-                    id: id.to_string(),
-                    status: now.status.to_string(),
-                    action: "abort (it changed meanwhile)",
-                })
-            }
-            other => Err(TxnError::InvalidState {
-                id: id.to_string(),
-                status: other.to_string(),
-                action: "abort",
-            }),
+        let saga = operator::abort(self.inner.log.as_ref(), id).await?;
+        if saga.status == SagaStatus::Aborted {
+            self.inner.counters.aborted.fetch_add(1, Ordering::Relaxed);
+            self.inner.publish(&saga, &saga_last_entry(self, id).await?);
         }
+        Ok(saga)
     }
 
     /// Waits until the saga's status is final (or `timeout` passes) and returns it.
@@ -539,9 +472,13 @@ impl Orchestrator {
     }
 }
 
+async fn saga_last_entry(o: &Orchestrator, id: &str) -> Result<Vec<HistoryEntry>, TxnError> {
+    let all = o.inner.log.history(id, 0).await?;
+    Ok(all.into_iter().last().into_iter().collect())
+}
+
 /// Renews leases and adopts orphaned sagas until the orchestrator is dropped.
 async fn maintain(inner: Weak<Inner>, period: Duration) {
-    let mut ticks = 0u64;
     loop {
         tokio::time::sleep(period).await;
         let Some(inner) = inner.upgrade() else { return };
@@ -549,11 +486,9 @@ async fn maintain(inner: Weak<Inner>, period: Duration) {
         if let Err(e) = inner.log.renew(&inner.node_id, lease_ms).await {
             tracing::warn!(error = %e, "saga lease renewal failed");
         }
-        ticks += 1;
-        if ticks.is_multiple_of(3) {
-            if let Err(e) = inner.resume_claimable().await {
-                tracing::warn!(error = %e, "saga recovery sweep failed");
-            }
+        // Sagas whose owner died, and parked sagas an operator retried from the CLI.
+        if let Err(e) = inner.resume_claimable().await {
+            tracing::warn!(error = %e, "saga recovery sweep failed");
         }
     }
 }
