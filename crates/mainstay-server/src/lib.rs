@@ -6,7 +6,8 @@
 //! `/v1/locks/{name}` (acquire, extend, release, status), `/v1/elections/{name}`
 //! (campaign, keepalive, resign, leader, observe as Server-Sent Events),
 //! `/v1/saga-definitions` and `/v1/sagas` (register, start, query, watch, retry, abort;
-//! [`mainstay_txn`]), `/healthz`, `/readyz`, `/metrics` (Prometheus text).
+//! [`mainstay_txn`]), `/v1/txns` (two-phase commit over HTTP participants and PostgreSQL
+//! resources), `/healthz`, `/readyz`, `/metrics` (Prometheus text).
 //!
 //! Guarantees: bad input (malformed JSON, unknown fields, out-of-range values, names with
 //! `/` or over 256 bytes, bodies over 1 MiB) gets a 4xx problem and changes nothing; a
@@ -24,6 +25,7 @@ mod metrics;
 mod openapi;
 mod problem;
 mod sagas;
+mod txns;
 
 pub use metrics::Metrics;
 pub use problem::Problem;
@@ -33,6 +35,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use mainstay_lock::{Election, LockClient};
 use mainstay_txn::saga::Orchestrator;
+use mainstay_txn::twopc::pg::PgResource;
+use mainstay_txn::twopc::Coordinator;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -45,19 +50,37 @@ pub struct AppState {
     pub(crate) locks: LockClient,
     pub(crate) elections: Election,
     pub(crate) sagas: Orchestrator,
+    pub(crate) txns: Coordinator,
+    pub(crate) postgres: Arc<HashMap<String, PgResource>>,
+    pub(crate) http: reqwest::Client,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) token: Option<Arc<str>>,
 }
 
 impl AppState {
-    /// State over a lock client and a (started) saga orchestrator; `token` enables bearer
-    /// auth on `/v1/*`.
-    pub fn new(locks: LockClient, sagas: Orchestrator, token: Option<String>) -> Self {
+    /// State over a lock client, a (started) saga orchestrator and a (started) 2PC
+    /// coordinator with the PostgreSQL resources it may run SQL branches on; `token`
+    /// enables bearer auth on `/v1/*`.
+    pub fn new(
+        locks: LockClient,
+        sagas: Orchestrator,
+        txns: Coordinator,
+        postgres: Vec<PgResource>,
+        token: Option<String>,
+    ) -> Self {
         let metrics = Arc::new(Metrics::new(locks.kind().as_str()));
         AppState {
             elections: Election::new(locks.clone()),
             locks,
             sagas,
+            txns,
+            postgres: Arc::new(
+                postgres
+                    .into_iter()
+                    .map(|r| (r.name().to_string(), r))
+                    .collect(),
+            ),
+            http: reqwest::Client::new(),
             metrics,
             token: token.map(Arc::from),
         }
@@ -96,6 +119,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sagas/{id}/events", get(sagas::events))
         .route("/v1/sagas/{id}/retry", post(sagas::retry))
         .route("/v1/sagas/{id}/abort", post(sagas::abort))
+        .route("/v1/txns", get(txns::list).post(txns::run))
+        .route("/v1/txns/{id}", get(txns::get))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

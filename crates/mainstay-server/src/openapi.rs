@@ -88,6 +88,14 @@ pub(crate) fn document() -> Value {
                     "created_at_ms": ms, "updated_at_ms": ms, "deadline_at_ms": {"type": ["integer", "null"]}, "history_len": ms, "abort_requested": {"type": "boolean"},
                     "history": {"type": "array", "items": {"type": "object", "properties": {"seq": ms, "at_ms": ms, "event": {"type": "string"}, "step": {"type": "integer"}, "detail": {}}}}}},
                 "SagaList": {"type": "object", "properties": {"sagas": {"type": "array", "items": {"type": "object", "properties": {"id": {"type": "string"}, "definition": {"type": "string"}, "status": {"type": "string"}, "error": {"type": ["string", "null"]}, "created_at_ms": ms, "updated_at_ms": ms}}}}},
+                "TxnRequest": {"type": "object", "additionalProperties": false, "required": ["participants"], "properties": {"participants": {"type": "array", "minItems": 1, "maxItems": 16, "items": {
+                    "type": "object", "additionalProperties": false, "required": ["name"], "description": "an HTTP participant (url: serves POST {url}/prepare|commit|abort) or a configured PostgreSQL resource with the SQL to run in its branch",
+                    "properties": {"name": {"type": "string", "maxLength": 64}, "url": {"type": "string", "format": "uri"}, "postgres": {"type": "string"}, "sql": {"type": "array", "items": {"type": "string"}}}}}}},
+                "TxnOutcome": {"type": "object", "properties": {"id": {"type": "string"}, "decision": {"enum": ["commit", "abort"]}, "reason": {"type": ["string", "null"]}, "finished": {"type": "boolean"}}},
+                "Txn": {"type": "object", "properties": {"id": {"type": "string"}, "coordinator": {"type": "string"}, "state": {"enum": ["preparing", "committing", "aborting", "committed", "aborted"]},
+                    "decision": {"enum": ["commit", "abort", null]}, "reason": {"type": ["string", "null"]}, "finished": {"type": "boolean"}, "participants": {"type": "array"},
+                    "created_at_ms": ms, "decided_at_ms": {"type": ["integer", "null"]}, "finished_at_ms": {"type": ["integer", "null"]}}},
+                "TxnList": {"type": "object", "properties": {"txns": {"type": "array", "items": {"$ref": "#/components/schemas/Txn"}}}},
                 "Problem": {"type": "object", "required": ["type", "title", "status"], "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"}}}
             }
         },
@@ -113,6 +121,9 @@ pub(crate) fn document() -> Value {
             "/v1/sagas/{id}/abort": {"post": op_on("id", "Abort: a running saga compensates; a parked one becomes aborted", None, "Saga", Some("the saga already finished"))},
             "/v1/sagas/{id}/events": {"get": {"summary": "Server-Sent Events: the saga's history entries (id = seq; resume with Last-Event-ID), then live ones, ending at a terminal status (completed, failed, aborted)",
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}], "responses": {"200": {"description": "event stream", "content": {"text/event-stream": {}}}, "404": problem("no such saga")}}},
+            "/v1/txns": {"post": op_on("", "Run a two-phase commit to its decision (commit, or abort with the reason)", Some("TxnRequest"), "TxnOutcome", None),
+                         "get": {"summary": "Transactions, newest first", "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}}], "responses": {"200": ok("TxnList")}}},
+            "/v1/txns/{id}": {"get": op_on("id", "One transaction and its decision (null while preparing): what a participant that restarted while prepared asks", None, "Txn", None)},
             "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "alive"}}}},
             "/readyz": {"get": {"summary": "Readiness (backend reachable)", "security": [], "responses": {"200": {"description": "ready"}, "503": problem("backend unavailable")}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "text exposition"}}}}

@@ -4,6 +4,9 @@
 //! - [`saga`]: an [`saga::Orchestrator`] that runs sagas (HTTP or Rust steps) from a
 //!   durable [`saga::SagaLog`] on SQLite (default) or PostgreSQL, resumes every unfinished
 //!   saga after a crash, and compensates in reverse order.
+//! - [`twopc`]: a two-phase-commit [`twopc::Coordinator`] with a durable decision log,
+//!   presumed abort and recovery; PostgreSQL (`PREPARE TRANSACTION`) and HTTP participants;
+//!   a sweeper for orphaned prepared transactions.
 //!
 //! Each module states its guarantees and their limits.
 #![forbid(unsafe_code)]
@@ -12,6 +15,7 @@
 mod connect;
 pub mod error;
 pub mod saga;
+pub mod twopc;
 
-pub use connect::connect_log;
+pub use connect::{connect_decision_log, connect_log};
 pub use error::TxnError;

@@ -1,3 +1,4 @@
 //! Integration tests of mainstay-txn against real SQLite files and a real PostgreSQL.
 mod common;
 mod sagas;
+mod twopc;

@@ -31,6 +31,15 @@ pub(crate) struct GlobalArgs {
     /// sagas at once. Default: the host name.
     #[arg(long, global = true, env = "MAINSTAY_NODE_ID")]
     node_id: Option<String>,
+    /// PostgreSQL databases two-phase commits may run SQL on, as NAME=URL (repeat the
+    /// flag, or comma-separate in the env var).
+    #[arg(
+        long = "postgres-resource",
+        global = true,
+        env = "MAINSTAY_POSTGRES_RESOURCES",
+        value_delimiter = ','
+    )]
+    postgres_resources: Vec<String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -42,6 +51,8 @@ struct File {
     lock: Option<BackendConfig>,
     #[serde(default)]
     txn: Option<BackendConfig>,
+    #[serde(default)]
+    postgres_resources: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -60,6 +71,7 @@ pub(crate) struct Config {
     pub(crate) backend: BackendConfig,
     pub(crate) txn: BackendConfig,
     pub(crate) node_id: Option<String>,
+    pub(crate) postgres_resources: std::collections::BTreeMap<String, String>,
     pub(crate) listen: Option<String>,
     pub(crate) token: Option<String>,
 }
@@ -99,8 +111,16 @@ impl Config {
         if let Some(url) = &args.txn_url {
             txn.url = Some(url.clone());
         }
+        let mut postgres_resources = file.postgres_resources;
+        for spec in &args.postgres_resources {
+            let (name, url) = spec.split_once('=').with_context(|| {
+                format!("invalid --postgres-resource {spec:?}: expected NAME=URL")
+            })?;
+            postgres_resources.insert(name.trim().to_string(), url.trim().to_string());
+        }
         Ok(Config {
             txn,
+            postgres_resources,
             node_id: args.node_id.clone().or(file.server.node_id),
             data_dir: args
                 .data_dir
@@ -119,6 +139,38 @@ impl Config {
         mainstay_txn::connect_log(&self.txn, &self.data_dir)
             .await
             .with_context(|| format!("cannot open the {} saga log", self.txn.backend.as_str()))
+    }
+
+    pub(crate) async fn coordinator(
+        &self,
+        postgres: &[mainstay_txn::twopc::pg::PgResource],
+    ) -> anyhow::Result<mainstay_txn::twopc::Coordinator> {
+        let log = mainstay_txn::connect_decision_log(&self.txn, &self.data_dir)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open the {} transaction log",
+                    self.txn.backend.as_str()
+                )
+            })?;
+        let mut b = mainstay_txn::twopc::Coordinator::builder(log);
+        if let Some(id) = &self.node_id {
+            b = b.node_id(id);
+        }
+        for r in postgres {
+            b = b.postgres(r.clone());
+        }
+        Ok(b.build())
+    }
+
+    pub(crate) fn pg_resources(&self) -> anyhow::Result<Vec<mainstay_txn::twopc::pg::PgResource>> {
+        self.postgres_resources
+            .iter()
+            .map(|(name, url)| {
+                mainstay_txn::twopc::pg::PgResource::connect(name, url)
+                    .with_context(|| format!("invalid PostgreSQL resource {name:?}"))
+            })
+            .collect()
     }
 
     pub(crate) async fn lock_client(&self) -> anyhow::Result<mainstay_lock::LockClient> {

@@ -7,6 +7,7 @@ mod fence;
 mod lock;
 mod saga;
 mod serve;
+mod txn;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +34,9 @@ enum Command {
     /// Sagas: list, show, retry a parked one, abort.
     #[command(subcommand)]
     Saga(saga::SagaCommand),
+    /// Two-phase commits: list and show the decision log.
+    #[command(subcommand)]
+    Txn(txn::TxnCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,6 +69,7 @@ fn main() -> std::process::ExitCode {
             Command::Lock(cmd) => lock::run(config, cmd).await,
             Command::Fence(cmd) => fence::run(cmd).await,
             Command::Saga(cmd) => saga::run(config, cmd).await,
+            Command::Txn(cmd) => txn::run(config, cmd).await,
         }
     });
     match result {

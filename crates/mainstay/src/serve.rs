@@ -39,6 +39,12 @@ pub(crate) async fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitC
         .start()
         .await
         .context("cannot resume unfinished sagas")?;
+    let postgres = config.pg_resources()?;
+    let txns = config.coordinator(&postgres).await?;
+    let recovered = txns
+        .start()
+        .await
+        .context("cannot recover unfinished transactions")?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -51,13 +57,13 @@ pub(crate) async fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitC
         _ => config.backend.url.clone().unwrap_or_default(),
     };
     tracing::info!(
-        "mainstay listening on http://{} (lock backend {} at {where_}; saga log {}, {resumed} unfinished sagas resumed; auth {})",
+        "mainstay listening on http://{} (lock backend {} at {where_}; saga log {}, {resumed} unfinished sagas resumed; {recovered} transactions recovered; auth {})",
         listener.local_addr()?,
         locks.kind().as_str(),
         sagas.log_kind(),
         if token.is_some() { "on" } else { "off" }
     );
-    let state = mainstay_server::AppState::new(locks, sagas, token);
+    let state = mainstay_server::AppState::new(locks, sagas, txns, postgres, token);
     mainstay_server::serve(listener, state, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

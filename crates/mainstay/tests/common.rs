@@ -25,11 +25,14 @@ pub async fn serve(locks: LockClient, token: Option<&str>) -> String {
     // The server task runs until the test's runtime ends; so does the log's directory.
     let sagas = mainstay_txn::saga::Orchestrator::builder(log).build();
     sagas.start().await.unwrap();
+    let dlog = mainstay_txn::twopc::SqliteDecisionLog::open(dir.path().join("txn.db")).unwrap();
+    let txns = mainstay_txn::twopc::Coordinator::builder(std::sync::Arc::new(dlog)).build();
     tokio::spawn(async move {
         std::future::pending::<()>().await;
         drop(dir);
     });
-    let state = mainstay_server::AppState::new(locks, sagas, token.map(String::from));
+    let state =
+        mainstay_server::AppState::new(locks, sagas, txns, Vec::new(), token.map(String::from));
     tokio::spawn(mainstay_server::serve(
         listener,
         state,

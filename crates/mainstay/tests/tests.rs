@@ -7,3 +7,5 @@ mod http;
 mod participant;
 mod saga_crash;
 mod saga_http;
+mod twopc_crash;
+mod twopc_http;
