@@ -7,6 +7,8 @@
 //! - [`twopc`]: a two-phase-commit [`twopc::Coordinator`] with a durable decision log,
 //!   presumed abort and recovery; PostgreSQL (`PREPARE TRANSACTION`) and HTTP participants;
 //!   a sweeper for orphaned prepared transactions.
+//! - [`threepc`]: three-phase commit as sans-IO state machines with a deterministic network
+//!   simulation, which shows both its non-blocking recovery and its partition hazard.
 //!
 //! Each module states its guarantees and their limits.
 #![forbid(unsafe_code)]
@@ -15,6 +17,7 @@
 mod connect;
 pub mod error;
 pub mod saga;
+pub mod threepc;
 pub mod twopc;
 
 pub use connect::{connect_decision_log, connect_log};
