@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian machine and runs every check: fmt, clippy -D warnings, all tests
-# (against real Redis, PostgreSQL, etcd and ZooKeeper started on free loopback ports), doc
+# (against real Redis, PostgreSQL, etcd, ZooKeeper and NATS started on free loopback ports), doc
 # tests, and the doc build with warnings as errors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,7 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v etcd >/dev/null || missing+=(etcd-server)
+command -v nats-server >/dev/null || missing+=(nats-server)
 [ -f /usr/share/java/zookeeper.jar ] || missing+=(zookeeper)
 command -v java >/dev/null || missing+=(default-jre-headless)
 command -v protoc >/dev/null || missing+=(protobuf-compiler)

@@ -1,10 +1,10 @@
-//! Real servers for tests: Redis, PostgreSQL, etcd and ZooKeeper on free loopback ports in
+//! Real servers for tests: Redis, PostgreSQL, etcd, ZooKeeper and NATS on free loopback ports in
 //! temp dirs, plus fault injection — kill -9, SIGSTOP/SIGCONT, restart on the same data,
 //! and a TCP proxy that can cut, black-hole or delay a connection.
 //!
 //! Shared servers: the `mainstay-testkit` binary starts one of each, exports their
 //! addresses (`MAINSTAY_TEST_REDIS_URL`, `MAINSTAY_TEST_POSTGRES_URL`, `MAINSTAY_TEST_ETCD`,
-//! `MAINSTAY_TEST_ZOOKEEPER`) and runs the test command, so every test process shares one
+//! `MAINSTAY_TEST_ZOOKEEPER`, `MAINSTAY_TEST_NATS_URL`) and runs the test command, so every test process shares one
 //! set; tests take a fresh database, key prefix or root each ([`unique`]). Without those
 //! variables, [`shared_redis`] and friends start a private server for the calling test.
 //! Fault tests always start private servers so they can kill them.
@@ -21,8 +21,8 @@ pub use mainstay_core::config::BackendKind;
 pub use process::Process;
 pub use proxy::{ProxyMode, TcpProxy};
 pub use servers::{
-    create_database, shared_etcd, shared_postgres, shared_redis, shared_zookeeper, EtcdServer,
-    HasUrl, PostgresServer, RedisServer, Shared, ZooKeeperServer,
+    create_database, shared_etcd, shared_nats, shared_postgres, shared_redis, shared_zookeeper,
+    EtcdServer, HasUrl, NatsServer, PostgresServer, RedisServer, Shared, ZooKeeperServer,
 };
 
 use std::sync::atomic::{AtomicU64, Ordering};

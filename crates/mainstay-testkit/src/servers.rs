@@ -484,3 +484,66 @@ impl HasUrl for ZooKeeperServer {
         format!("127.0.0.1:{}", self.port)
     }
 }
+
+// ---------------------------------------------------------------------------------------
+
+/// NATS from `MAINSTAY_TEST_NATS_URL`, or a private one.
+pub fn shared_nats() -> Shared<NatsServer> {
+    shared("MAINSTAY_TEST_NATS_URL", NatsServer::start)
+}
+
+/// A private `nats-server` with JetStream, storing in a temp dir.
+#[derive(Debug)]
+pub struct NatsServer {
+    process: Process,
+    dir: TempDir,
+    port: u16,
+}
+
+impl NatsServer {
+    /// Starts on a free port and waits for the server's `INFO` greeting.
+    pub fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("mainstay-nats").tempdir()?;
+        let port = free_port();
+        let process = Self::spawn(dir.path(), port)?;
+        Ok(NatsServer { process, dir, port })
+    }
+
+    fn spawn(dir: &Path, port: u16) -> anyhow::Result<Process> {
+        let process = Process::spawn(
+            "nats-server",
+            quiet(
+                Command::new("nats-server")
+                    .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+                    .arg(dir.join("js")),
+            ),
+        )?;
+        wait_until(READY_TIMEOUT, "nats INFO", || {
+            tcp_exchange(port, b"").is_some_and(|r| r.starts_with("INFO"))
+        })?;
+        Ok(process)
+    }
+
+    /// The port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The process (pause, resume, kill).
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+
+    /// kill -9 and start again on the same port and store (JetStream data survives).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.process.kill();
+        self.process = Self::spawn(self.dir.path(), self.port)?;
+        Ok(())
+    }
+}
+
+impl HasUrl for NatsServer {
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}

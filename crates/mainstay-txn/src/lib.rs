@@ -7,6 +7,8 @@
 //! - [`twopc`]: a two-phase-commit [`twopc::Coordinator`] with a durable decision log,
 //!   presumed abort and recovery; PostgreSQL (`PREPARE TRANSACTION`) and HTTP participants;
 //!   a sweeper for orphaned prepared transactions.
+//! - [`choreography`]: services that react to each other's events (and compensate on
+//!   failure events) over an in-process bus or NATS JetStream.
 //! - [`threepc`]: three-phase commit as sans-IO state machines with a deterministic network
 //!   simulation, which shows both its non-blocking recovery and its partition hazard.
 //!
@@ -14,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod choreography;
 mod connect;
 pub mod error;
 pub mod saga;

@@ -1,8 +1,10 @@
-//! `mainstay-testkit run -- CMD ARGS…`: starts one Redis, PostgreSQL, etcd and ZooKeeper
+//! `mainstay-testkit run -- CMD ARGS…`: starts one Redis, PostgreSQL, etcd, ZooKeeper and NATS
 //! on free loopback ports, exports their addresses to CMD's environment, runs CMD, stops
 //! the servers, and exits with CMD's status.
 
-use mainstay_testkit::{EtcdServer, HasUrl, PostgresServer, RedisServer, ZooKeeperServer};
+use mainstay_testkit::{
+    EtcdServer, HasUrl, NatsServer, PostgresServer, RedisServer, ZooKeeperServer,
+};
 use std::process::Command;
 
 fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> anyhow::Result<T> {
@@ -19,18 +21,20 @@ fn main() -> anyhow::Result<()> {
         _ => anyhow::bail!("usage: mainstay-testkit run -- CMD [ARGS...]"),
     };
     let started = std::time::Instant::now();
-    let (redis, postgres, etcd, zookeeper) = std::thread::scope(|s| {
+    let (redis, postgres, etcd, zookeeper, nats) = std::thread::scope(|s| {
         let r = s.spawn(RedisServer::start);
         let p = s.spawn(PostgresServer::start);
         let e = s.spawn(EtcdServer::start);
         let z = s.spawn(ZooKeeperServer::start);
-        anyhow::Ok((join(r)??, join(p)??, join(e)??, join(z)??))
+        let n = s.spawn(NatsServer::start);
+        anyhow::Ok((join(r)??, join(p)??, join(e)??, join(z)??, join(n)??))
     })?;
     let env = [
         ("MAINSTAY_TEST_REDIS_URL", redis.url()),
         ("MAINSTAY_TEST_POSTGRES_URL", postgres.url()),
         ("MAINSTAY_TEST_ETCD", etcd.url()),
         ("MAINSTAY_TEST_ZOOKEEPER", zookeeper.url()),
+        ("MAINSTAY_TEST_NATS_URL", nats.url()),
     ];
     eprintln!(
         "mainstay-testkit: shared servers ready in {:.1?}:",
@@ -40,6 +44,6 @@ fn main() -> anyhow::Result<()> {
         eprintln!("  {k}={v}");
     }
     let status = Command::new(&cmd[0]).args(&cmd[1..]).envs(env).status()?;
-    drop((redis, postgres, etcd, zookeeper));
+    drop((redis, postgres, etcd, zookeeper, nats));
     std::process::exit(status.code().unwrap_or(1));
 }

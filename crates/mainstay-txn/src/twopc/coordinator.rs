@@ -110,6 +110,7 @@ struct Inner {
     prepare_timeout: Duration,
     phase2_attempts: u32,
     recovery_interval: Duration,
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     sweep_after: Duration,
     /// Transactions this process is running now: recovery leaves them alone.
     active: Mutex<HashSet<String>>,
