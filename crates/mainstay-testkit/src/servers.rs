@@ -193,11 +193,23 @@ pub struct PostgresServer {
     process: Process,
     dir: TempDir,
     port: u16,
+    durable: bool,
 }
 
 impl PostgresServer {
-    /// initdb + start on a free port with `wal_level=logical`; waits for `pg_isready`.
+    /// initdb + start on a free port with `wal_level=logical` and `fsync=off` (tests do
+    /// not survive power loss anyway); waits for `pg_isready`.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// Like [`Self::start`] but with `fsync=on`: commits cost what they cost in
+    /// production. For benchmarks.
+    pub fn start_durable() -> anyhow::Result<Self> {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("mainstay-pg").tempdir()?;
         let ids = postgres_ids();
         if let Some((uid, gid)) = ids {
@@ -219,11 +231,16 @@ impl PostgresServer {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
-        let process = Self::spawn(dir.path(), port)?;
-        Ok(PostgresServer { process, dir, port })
+        let process = Self::spawn(dir.path(), port, durable)?;
+        Ok(PostgresServer {
+            process,
+            dir,
+            port,
+            durable,
+        })
     }
 
-    fn spawn(dir: &Path, port: u16) -> anyhow::Result<Process> {
+    fn spawn(dir: &Path, port: u16, durable: bool) -> anyhow::Result<Process> {
         let bin = pg_bin()?;
         let mut cmd = Command::new(bin.join("postgres"));
         cmd.arg("-D")
@@ -242,7 +259,7 @@ impl PostgresServer {
                 "-c",
                 "max_connections=200",
                 "-c",
-                "fsync=off",
+                if durable { "fsync=on" } else { "fsync=off" },
                 "-c",
                 "max_prepared_transactions=64",
             ]);
@@ -288,7 +305,7 @@ impl PostgresServer {
         // to start while they hold shared memory, so retry for a while.
         let mut last = None;
         for _ in 0..50 {
-            match Self::spawn(self.dir.path(), self.port) {
+            match Self::spawn(self.dir.path(), self.port, self.durable) {
                 Ok(p) => {
                     self.process = p;
                     return Ok(());

@@ -146,6 +146,7 @@ impl OrchestratorBuilder {
                 http: self.http.unwrap_or_default(),
                 events,
                 driving: Mutex::new(HashSet::new()),
+                definitions: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
             }),
         }
@@ -198,8 +199,13 @@ struct Inner {
     http: reqwest::Client,
     events: broadcast::Sender<SagaEvent>,
     driving: Mutex<HashSet<String>>,
+    /// Definitions read recently, so a start costs no extra read; entries expire after
+    /// [`DEFINITION_TTL`] so another node's re-registration is seen.
+    definitions: Mutex<HashMap<String, (tokio::time::Instant, SagaDefinition)>>,
     counters: Counters,
 }
+
+const DEFINITION_TTL: Duration = Duration::from_secs(1);
 
 /// Runs sagas durably. Cheap to clone; clones share everything.
 #[derive(Clone)]
@@ -274,7 +280,34 @@ impl Orchestrator {
                 }
             }
         }
-        self.inner.log.put_definition(def).await
+        self.inner.log.put_definition(def).await?;
+        self.inner
+            .definitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(def.name.clone(), (tokio::time::Instant::now(), def.clone()));
+        Ok(())
+    }
+
+    async fn cached_definition(&self, name: &str) -> Result<SagaDefinition, TxnError> {
+        if let Some((at, def)) = self
+            .inner
+            .definitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            if at.elapsed() < DEFINITION_TTL {
+                return Ok(def.clone());
+            }
+        }
+        let def = self.definition(name).await?;
+        self.inner
+            .definitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), (tokio::time::Instant::now(), def.clone()));
+        Ok(def)
     }
 
     /// A registered definition.
@@ -311,7 +344,7 @@ impl Orchestrator {
                 ));
             }
         }
-        let definition = self.definition(name).await?;
+        let definition = self.cached_definition(name).await?;
         let now = now_ms();
         let mut steps: Vec<StepState> = definition
             .steps

@@ -57,10 +57,18 @@ const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
 const ACTIVE: &str = "('pending', 'running', 'compensating')";
 
-// History rows travel as one JSON array and are expanded server-side, so a transition is
-// one statement whatever its number of entries.
-const HISTORY_ROWS: &str = "SELECT (e->>'seq')::bigint, (e->>'at_ms')::bigint, e->>'event', \
-    (e->>'step')::bigint, e->'detail' FROM jsonb_array_elements($H::text::jsonb) e";
+// History rows travel as five typed arrays expanded server-side by `unnest`, so a
+// transition is one statement whatever its number of entries.
+fn history_rows(first: usize) -> String {
+    format!(
+        "SELECT * FROM unnest(${}::bigint[], ${}::bigint[], ${}::text[], ${}::bigint[], ${}::text[])",
+        first,
+        first + 1,
+        first + 2,
+        first + 3,
+        first + 4
+    )
+}
 
 /// A saga log in PostgreSQL tables (`mainstay_sagas`, `mainstay_saga_history`,
 /// `mainstay_saga_definitions`).
@@ -110,8 +118,31 @@ fn saga_row_at(r: &Row, o: usize) -> Result<Saga, TxnError> {
     })
 }
 
-fn history_json(history: &[HistoryEntry]) -> Result<String, TxnError> {
-    serde_json::to_string(history).map_err(pg_err)
+/// History entries as the five arrays [`history_rows`] expands.
+type HistoryArrays = (
+    Vec<i64>,
+    Vec<i64>,
+    Vec<String>,
+    Vec<Option<i64>>,
+    Vec<Option<String>>,
+);
+
+fn history_arrays(history: &[HistoryEntry]) -> Result<HistoryArrays, TxnError> {
+    let mut h: HistoryArrays = Default::default();
+    for e in history {
+        h.0.push(e.seq as i64);
+        h.1.push(e.at_ms as i64);
+        h.2.push(e.event.clone());
+        h.3.push(e.step.map(|s| s as i64));
+        h.4.push(
+            e.detail
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(pg_err)?,
+        );
+    }
+    Ok(h)
 }
 
 impl PostgresSagaLog {
@@ -125,8 +156,51 @@ impl PostgresSagaLog {
         Ok(PostgresSagaLog { pool })
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, TxnError> {
-        self.pool.get().await.map_err(pg_err)
+    // Statements are prepared once per pooled connection: a plain `&str` query would
+    // cost a Parse round trip every time.
+    async fn prepared(
+        &self,
+        sql: &str,
+    ) -> Result<(deadpool_postgres::Object, tokio_postgres::Statement), String> {
+        let c = self.pool.get().await.map_err(|e| e.to_string())?;
+        let st = c.prepare_cached(sql).await.map_err(|e| e.to_string())?;
+        Ok((c, st))
+    }
+
+    async fn q_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>, String> {
+        let (c, st) = self.prepared(sql).await?;
+        c.query_opt(&st, params).await.map_err(|e| e.to_string())
+    }
+
+    async fn q_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<tokio_postgres::Row, String> {
+        let (c, st) = self.prepared(sql).await?;
+        c.query_one(&st, params).await.map_err(|e| e.to_string())
+    }
+
+    async fn q_all(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, String> {
+        let (c, st) = self.prepared(sql).await?;
+        c.query(&st, params).await.map_err(|e| e.to_string())
+    }
+
+    async fn exec(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, String> {
+        let (c, st) = self.prepared(sql).await?;
+        c.execute(&st, params).await.map_err(|e| e.to_string())
     }
 }
 
@@ -138,23 +212,19 @@ impl SagaLog for PostgresSagaLog {
 
     async fn put_definition(&self, def: &SagaDefinition) -> Result<(), TxnError> {
         let body = serde_json::to_string(def).map_err(pg_err)?;
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO mainstay_saga_definitions (name, body) VALUES ($1, $2)
+        self.exec(
+            "INSERT INTO mainstay_saga_definitions (name, body) VALUES ($1, $2)
                  ON CONFLICT (name) DO UPDATE SET body = EXCLUDED.body",
-                &[&def.name, &body],
-            )
-            .await
-            .map_err(pg_err)?;
+            &[&def.name, &body],
+        )
+        .await
+        .map_err(pg_err)?;
         Ok(())
     }
 
     async fn definition(&self, name: &str) -> Result<Option<SagaDefinition>, TxnError> {
         let row = self
-            .client()
-            .await?
-            .query_opt(
+            .q_opt(
                 "SELECT body FROM mainstay_saga_definitions WHERE name = $1",
                 &[&name],
             )
@@ -166,9 +236,7 @@ impl SagaLog for PostgresSagaLog {
 
     async fn definitions(&self) -> Result<Vec<SagaDefinition>, TxnError> {
         let rows = self
-            .client()
-            .await?
-            .query(
+            .q_all(
                 "SELECT body FROM mainstay_saga_definitions ORDER BY name",
                 &[],
             )
@@ -198,15 +266,14 @@ impl SagaLog for PostgresSagaLog {
                 INSERT INTO mainstay_saga_history (saga_id, seq, at_ms, event, step, detail)
                 SELECT s.id, x.* FROM s, ({rows}) x(seq, at_ms, event, step, detail))
              SELECT count(*) FROM s",
-            rows = HISTORY_ROWS.replace("$H", "$15")
+            rows = history_rows(15)
         );
-        let client = self.client().await?;
         let definition = serde_json::to_string(&saga.definition).map_err(pg_err)?;
         let input = serde_json::to_string(&saga.input).map_err(pg_err)?;
         let steps = serde_json::to_string(&saga.steps).map_err(pg_err)?;
-        let history = history_json(history)?;
-        let inserted: i64 = client
-            .query_one(
+        let h = history_arrays(history)?;
+        let inserted: i64 = self
+            .q_one(
                 &sql,
                 &[
                     &saga.id,
@@ -223,7 +290,11 @@ impl SagaLog for PostgresSagaLog {
                     &(saga.history_len as i64),
                     &owner,
                     &(lease_ms as i64),
-                    &history,
+                    &h.0,
+                    &h.1,
+                    &h.2,
+                    &h.3,
+                    &h.4,
                 ],
             )
             .await
@@ -232,8 +303,8 @@ impl SagaLog for PostgresSagaLog {
         if inserted == 1 {
             return Ok(Created::New(1));
         }
-        let row = client
-            .query_one(
+        let row = self
+            .q_one(
                 &format!(
                     "SELECT {COLUMNS} FROM mainstay_sagas
                      WHERE definition_name = $1 AND idempotency_key = $2"
@@ -262,14 +333,12 @@ impl SagaLog for PostgresSagaLog {
                 INSERT INTO mainstay_saga_history (saga_id, seq, at_ms, event, step, detail)
                 SELECT u.id, x.* FROM u, ({rows}) x(seq, at_ms, event, step, detail))
              SELECT abort_requested FROM u",
-            rows = HISTORY_ROWS.replace("$H", "$9")
+            rows = history_rows(9)
         );
         let steps = serde_json::to_string(&saga.steps).map_err(pg_err)?;
-        let history = history_json(history)?;
+        let h = history_arrays(history)?;
         let row = self
-            .client()
-            .await?
-            .query_opt(
+            .q_opt(
                 &sql,
                 &[
                     &saga.id,
@@ -280,7 +349,11 @@ impl SagaLog for PostgresSagaLog {
                     &(saga.updated_at_ms as i64),
                     &(saga.history_len as i64),
                     &saga.status.is_final(),
-                    &history,
+                    &h.0,
+                    &h.1,
+                    &h.2,
+                    &h.3,
+                    &h.4,
                 ],
             )
             .await
@@ -309,14 +382,12 @@ impl SagaLog for PostgresSagaLog {
                 INSERT INTO mainstay_saga_history (saga_id, seq, at_ms, event, step, detail)
                 SELECT u.id, x.* FROM u, ({rows}) x(seq, at_ms, event, step, detail))
              SELECT count(*) FROM u",
-            rows = HISTORY_ROWS.replace("$H", "$8")
+            rows = history_rows(8)
         );
         let steps = serde_json::to_string(&saga.steps).map_err(pg_err)?;
-        let history = history_json(history)?;
+        let h = history_arrays(history)?;
         let n: i64 = self
-            .client()
-            .await?
-            .query_one(
+            .q_one(
                 &sql,
                 &[
                     &saga.id,
@@ -326,7 +397,11 @@ impl SagaLog for PostgresSagaLog {
                     &saga.error,
                     &(saga.updated_at_ms as i64),
                     &(saga.history_len as i64),
-                    &history,
+                    &h.0,
+                    &h.1,
+                    &h.2,
+                    &h.3,
+                    &h.4,
                 ],
             )
             .await
@@ -349,9 +424,7 @@ impl SagaLog for PostgresSagaLog {
              RETURNING owner_epoch, {COLUMNS}"
         );
         let row = self
-            .client()
-            .await?
-            .query_opt(&sql, &[&id, &owner, &(lease_ms as i64)])
+            .q_opt(&sql, &[&id, &owner, &(lease_ms as i64)])
             .await
             .map_err(pg_err)?;
         let Some(row) = row else { return Ok(None) };
@@ -361,23 +434,17 @@ impl SagaLog for PostgresSagaLog {
     }
 
     async fn renew(&self, owner: &str, lease_ms: u64) -> Result<u64, TxnError> {
-        self.client()
-            .await?
-            .execute(
-                &format!(
-                    "UPDATE mainstay_sagas SET lease_until_ms = {NOW_MS} + $2 WHERE owner = $1"
-                ),
-                &[&owner, &(lease_ms as i64)],
-            )
-            .await
-            .map_err(pg_err)
+        self.exec(
+            &format!("UPDATE mainstay_sagas SET lease_until_ms = {NOW_MS} + $2 WHERE owner = $1"),
+            &[&owner, &(lease_ms as i64)],
+        )
+        .await
+        .map_err(pg_err)
     }
 
     async fn claimable(&self, owner: &str, limit: usize) -> Result<Vec<String>, TxnError> {
         let rows = self
-            .client()
-            .await?
-            .query(
+            .q_all(
                 &format!(
                     "SELECT id FROM mainstay_sagas
                      WHERE status IN {ACTIVE}
@@ -393,9 +460,7 @@ impl SagaLog for PostgresSagaLog {
 
     async fn request_abort(&self, id: &str) -> Result<bool, TxnError> {
         let n = self
-            .client()
-            .await?
-            .execute(
+            .exec(
                 &format!(
                     "UPDATE mainstay_sagas SET abort_requested = true
                      WHERE id = $1 AND status IN {ACTIVE}"
@@ -409,9 +474,7 @@ impl SagaLog for PostgresSagaLog {
 
     async fn get(&self, id: &str) -> Result<Option<Saga>, TxnError> {
         let row = self
-            .client()
-            .await?
-            .query_opt(
+            .q_opt(
                 &format!("SELECT {COLUMNS} FROM mainstay_sagas WHERE id = $1"),
                 &[&id],
             )
@@ -426,9 +489,7 @@ impl SagaLog for PostgresSagaLog {
         limit: usize,
     ) -> Result<Vec<SagaSummary>, TxnError> {
         let rows = self
-            .client()
-            .await?
-            .query(
+            .q_all(
                 "SELECT id, definition_name, status, error, created_at_ms, updated_at_ms
                  FROM mainstay_sagas WHERE ($1::text IS NULL OR status = $1)
                  ORDER BY created_at_ms DESC, id LIMIT $2",
@@ -452,9 +513,7 @@ impl SagaLog for PostgresSagaLog {
 
     async fn history(&self, id: &str, after: u64) -> Result<Vec<HistoryEntry>, TxnError> {
         let rows = self
-            .client()
-            .await?
-            .query(
+            .q_all(
                 "SELECT seq, at_ms, event, step, detail FROM mainstay_saga_history
                  WHERE saga_id = $1 AND seq > $2 ORDER BY seq",
                 &[&id, &(after as i64)],

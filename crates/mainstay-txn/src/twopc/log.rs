@@ -351,8 +351,50 @@ mod postgres {
             Ok(PostgresDecisionLog { pool })
         }
 
-        async fn client(&self) -> Result<deadpool_postgres::Object, TxnError> {
-            self.pool.get().await.map_err(pg_err)
+        // Statements are prepared once per pooled connection.
+        async fn prepared(
+            &self,
+            sql: &str,
+        ) -> Result<(deadpool_postgres::Object, tokio_postgres::Statement), String> {
+            let c = self.pool.get().await.map_err(|e| e.to_string())?;
+            let st = c.prepare_cached(sql).await.map_err(|e| e.to_string())?;
+            Ok((c, st))
+        }
+
+        async fn q_opt(
+            &self,
+            sql: &str,
+            params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        ) -> Result<Option<tokio_postgres::Row>, String> {
+            let (c, st) = self.prepared(sql).await?;
+            c.query_opt(&st, params).await.map_err(|e| e.to_string())
+        }
+
+        async fn q_one(
+            &self,
+            sql: &str,
+            params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        ) -> Result<tokio_postgres::Row, String> {
+            let (c, st) = self.prepared(sql).await?;
+            c.query_one(&st, params).await.map_err(|e| e.to_string())
+        }
+
+        async fn q_all(
+            &self,
+            sql: &str,
+            params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        ) -> Result<Vec<tokio_postgres::Row>, String> {
+            let (c, st) = self.prepared(sql).await?;
+            c.query(&st, params).await.map_err(|e| e.to_string())
+        }
+
+        async fn exec(
+            &self,
+            sql: &str,
+            params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        ) -> Result<u64, String> {
+            let (c, st) = self.prepared(sql).await?;
+            c.execute(&st, params).await.map_err(|e| e.to_string())
         }
     }
 
@@ -364,15 +406,13 @@ mod postgres {
 
         async fn begin(&self, tx: &TxRecord) -> Result<(), TxnError> {
             let parts = serde_json::to_string(&tx.participants).map_err(pg_err)?;
-            self.client()
-                .await?
-                .execute(
-                    "INSERT INTO mainstay_txns (id, coordinator, participants, created_at_ms)
+            self.exec(
+                "INSERT INTO mainstay_txns (id, coordinator, participants, created_at_ms)
                      VALUES ($1, $2, $3, $4)",
-                    &[&tx.id, &tx.coordinator, &parts, &(tx.created_at_ms as i64)],
-                )
-                .await
-                .map_err(pg_err)?;
+                &[&tx.id, &tx.coordinator, &parts, &(tx.created_at_ms as i64)],
+            )
+            .await
+            .map_err(pg_err)?;
             Ok(())
         }
 
@@ -382,9 +422,7 @@ mod postgres {
             decision: Decision,
             reason: Option<&str>,
         ) -> Result<Decision, TxnError> {
-            let client = self.client().await?;
-            let written = client
-                .query_opt(
+            let written = self.q_opt(
                     "INSERT INTO mainstay_txns AS t (id, coordinator, participants, decision, reason,
                         created_at_ms, decided_at_ms)
                      VALUES ($1, '', '[]', $2, $3, $4, $4)
@@ -398,8 +436,8 @@ mod postgres {
             // Not written: a decision stood already; read it (a fresh statement sees it).
             let standing: Option<String> = match written {
                 Some(r) => r.get(0),
-                None => client
-                    .query_one("SELECT decision FROM mainstay_txns WHERE id = $1", &[&id])
+                None => self
+                    .q_one("SELECT decision FROM mainstay_txns WHERE id = $1", &[&id])
                     .await
                     .map_err(pg_err)?
                     .get(0),
@@ -410,23 +448,19 @@ mod postgres {
         }
 
         async fn finish(&self, id: &str) -> Result<(), TxnError> {
-            self.client()
-                .await?
-                .execute(
-                    "UPDATE mainstay_txns SET finished = true, finished_at_ms = $2
+            self.exec(
+                "UPDATE mainstay_txns SET finished = true, finished_at_ms = $2
                      WHERE id = $1 AND NOT finished",
-                    &[&id, &(now_ms() as i64)],
-                )
-                .await
-                .map_err(pg_err)?;
+                &[&id, &(now_ms() as i64)],
+            )
+            .await
+            .map_err(pg_err)?;
             Ok(())
         }
 
         async fn get(&self, id: &str) -> Result<Option<TxRecord>, TxnError> {
             let r = self
-                .client()
-                .await?
-                .query_opt(
+                .q_opt(
                     &format!("SELECT {COLUMNS} FROM mainstay_txns WHERE id = $1"),
                     &[&id],
                 )
@@ -436,10 +470,7 @@ mod postgres {
         }
 
         async fn list(&self, limit: usize) -> Result<Vec<TxRecord>, TxnError> {
-            let rows = self
-                .client()
-                .await?
-                .query(
+            let rows = self.q_all(
                     &format!("SELECT {COLUMNS} FROM mainstay_txns ORDER BY created_at_ms DESC, id LIMIT $1"),
                     &[&(limit as i64)],
                 )
@@ -449,10 +480,7 @@ mod postgres {
         }
 
         async fn unfinished(&self, limit: usize) -> Result<Vec<TxRecord>, TxnError> {
-            let rows = self
-                .client()
-                .await?
-                .query(
+            let rows = self.q_all(
                     &format!("SELECT {COLUMNS} FROM mainstay_txns WHERE NOT finished ORDER BY created_at_ms LIMIT $1"),
                     &[&(limit as i64)],
                 )

@@ -227,7 +227,8 @@ impl PgBranch {
         let client = guard.as_ref().ok_or_else(|| {
             ParticipantError("the branch is already prepared or rolled back".into())
         })?;
-        client.execute(sql, params).await.map_err(pg_err)
+        let statement = client.prepare_cached(sql).await.map_err(pg_err)?;
+        client.execute(&statement, params).await.map_err(pg_err)
     }
 
     /// The resource it runs on.
