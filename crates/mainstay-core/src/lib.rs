@@ -1,5 +1,6 @@
-//! Shared plumbing for Mainstay crates: unguessable ids, the wall clock, human durations
-//! and the configuration types that the library crates, the server and the CLI share.
+//! Shared plumbing for Mainstay crates: unguessable ids, the wall clock, human durations,
+//! the configuration types that the library crates, the server and the CLI share, a
+//! PostgreSQL pool helper (feature `postgres`), and crash failpoints for fault tests.
 //!
 //! Nothing here implements a pattern; it exists so that no two crates grow their own copy
 //! of the same helper. Time that drives protocol decisions inside a crate comes from

@@ -24,7 +24,7 @@ pub(crate) struct GlobalArgs {
     /// Where sagas and transactions keep their log: sqlite or postgres. Default: sqlite.
     #[arg(long, global = true, env = "MAINSTAY_TXN_BACKEND")]
     txn_backend: Option<BackendKind>,
-    /// The log's address: a SQLite file (default <data-dir>/txn.db) or a PostgreSQL URL.
+    /// The log's address: a SQLite file (default DATA_DIR/txn.db) or a PostgreSQL URL.
     #[arg(long, global = true, env = "MAINSTAY_TXN_URL")]
     txn_url: Option<String>,
     /// This node's name in the saga log; a restarted node with the same name resumes its

@@ -16,7 +16,7 @@ pub const MAX_STEPS: usize = 64;
 /// `{"name": "order", "steps": [{"name": "reserve", "action": {"method": "POST", "url":
 /// "http://inventory/reserve"}, "compensation": {"url": "http://inventory/release"}}],
 /// "deadline_ms": 60000}`. A step whose call names a `handler` instead of a `url` runs a
-/// Rust function registered with [`crate::saga::Orchestrator::handler`].
+/// Rust function registered with [`crate::saga::OrchestratorBuilder::handler`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SagaDefinition {
