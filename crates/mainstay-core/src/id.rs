@@ -8,6 +8,14 @@ pub fn unguessable() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
+/// A stable id for `content` (a name-based v5 UUID, 32 hex characters): equal content,
+/// equal id. For content-addressed rows (saga definition snapshots), not for secrets.
+pub fn content_id(content: &[u8]) -> String {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, content)
+        .simple()
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -19,5 +27,12 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn content_ids_are_stable_and_distinct() {
+        assert_eq!(content_id(b"a"), content_id(b"a"));
+        assert_ne!(content_id(b"a"), content_id(b"b"));
+        assert_eq!(content_id(b"a").len(), 32);
     }
 }

@@ -21,10 +21,14 @@ CREATE TABLE IF NOT EXISTS mainstay_saga_definitions (
     name TEXT PRIMARY KEY,
     body TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS mainstay_saga_definition_snapshots (
+    hash TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS mainstay_sagas (
     id              TEXT PRIMARY KEY,
     definition_name TEXT NOT NULL,
-    definition      TEXT NOT NULL,
+    definition_hash TEXT NOT NULL,
     idempotency_key TEXT,
     status          TEXT NOT NULL,
     input           TEXT NOT NULL,
@@ -51,7 +55,10 @@ CREATE TABLE IF NOT EXISTS mainstay_saga_history (
     PRIMARY KEY (saga_id, seq)
 ) WITHOUT ROWID;";
 
-const COLUMNS: &str = "id, definition, idempotency_key, status, input, steps, error, \
+// The definition snapshot lives in its own content-addressed table, so the saga row that
+// every transition rewrites stays small.
+const COLUMNS: &str = "id, (SELECT body FROM mainstay_saga_definition_snapshots d \
+    WHERE d.hash = definition_hash), idempotency_key, status, input, steps, error, \
     created_at_ms, updated_at_ms, deadline_at_ms, history_len, abort_requested";
 
 const ACTIVE: &str = "('pending', 'running', 'compensating')";
@@ -215,9 +222,16 @@ impl SagaLog for SqliteSagaLog {
         let owner = owner.to_string();
         self.with_conn(move |c| {
             let tx = c.transaction()?;
+            let body = to_json(&saga.definition)?;
+            let hash = mainstay_core::id::content_id(body.as_bytes());
+            tx.prepare_cached(
+                "INSERT INTO mainstay_saga_definition_snapshots (hash, body) VALUES (?1, ?2)
+                 ON CONFLICT (hash) DO NOTHING",
+            )?
+            .execute(params![hash, body])?;
             let inserted = tx
                 .prepare_cached(
-                    "INSERT INTO mainstay_sagas (id, definition_name, definition, idempotency_key,
+                    "INSERT INTO mainstay_sagas (id, definition_name, definition_hash, idempotency_key,
                         status, input, steps, error, created_at_ms, updated_at_ms, deadline_at_ms,
                         history_len, owner, owner_epoch, lease_until_ms)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 1, ?14)
@@ -226,7 +240,7 @@ impl SagaLog for SqliteSagaLog {
                 .execute(params![
                     saga.id,
                     saga.definition.name,
-                    to_json(&saga.definition)?,
+                    hash,
                     saga.idempotency_key,
                     saga.status.as_str(),
                     to_json(&saga.input)?,
