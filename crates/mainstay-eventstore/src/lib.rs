@@ -1,0 +1,89 @@
+//! An event store (seed Part III §7): streams of immutable events appended with an
+//! expected version, and one global order over all of them (`$all`).
+//!
+//! - **Optimistic concurrency.** An append states what it expects the stream to be
+//!   ([`ExpectedVersion`]); a mismatch is [`StoreError::WrongExpectedVersion`] carrying the
+//!   expected and the actual version, and nothing is written.
+//! - **Idempotent appends.** Every event has an id. Appending a batch whose ids are already
+//!   the stream's events at that place returns the original result and writes nothing — under
+//!   `Exact` and under `Any` alike — so a client may retry after a timeout.
+//! - **Atomic batches, several streams at once** ([`EventStore::append_many`]).
+//! - **A gap-free `$all`.** Positions are assigned in commit order, so a reader that has
+//!   seen position `p` will never later see an event below `p` appear (SQLite: one writer
+//!   at a time, positions assigned inside the write transaction).
+//!
+//! Versions are 0-based: a stream's first event has version 0, and a stream's version is
+//! the version of its last event. Not yet here (issue 5, in progress): PostgreSQL,
+//! subscriptions, snapshots, deletion and retention, CQRS.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+mod error;
+mod event;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+pub use error::StoreError;
+pub use event::{
+    AppendResult, Direction, EventData, ExpectedVersion, ReadAllFilter, RecordedEvent,
+    MAX_EVENT_BYTES,
+};
+
+use async_trait::async_trait;
+
+/// One append of [`EventStore::append_many`]: a stream, what it is expected to be, events.
+#[derive(Clone, Debug)]
+pub struct Append {
+    /// The stream.
+    pub stream: String,
+    /// Its expected version.
+    pub expected: ExpectedVersion,
+    /// The events, in order.
+    pub events: Vec<EventData>,
+}
+
+/// An event store backend.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends `events` to `stream` atomically if the stream matches `expected`.
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult, StoreError> {
+        let mut r = self
+            .append_many(vec![Append {
+                stream: stream.to_string(),
+                expected,
+                events,
+            }])
+            .await?;
+        Ok(r.remove(0))
+    }
+
+    /// Appends to several streams in one transaction: all or nothing.
+    async fn append_many(&self, appends: Vec<Append>) -> Result<Vec<AppendResult>, StoreError>;
+
+    /// Up to `max` events of `stream` from version `from` (inclusive), forward or backward.
+    /// An unknown stream is [`StoreError::StreamNotFound`].
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+        direction: Direction,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Up to `max` events of `$all` after position `after` (0: from the start), in
+    /// position order, optionally filtered.
+    async fn read_all(
+        &self,
+        after: u64,
+        max: usize,
+        filter: &ReadAllFilter,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The stream's version (its last event's), or `None` when it has no events.
+    async fn stream_version(&self, stream: &str) -> Result<Option<u64>, StoreError>;
+}

@@ -1,0 +1,368 @@
+//! The event store in an embedded SQLite file (the default).
+//!
+//! Every append runs in one `BEGIN IMMEDIATE` transaction, so writers — threads or
+//! processes on this host — take turns; positions come from an `AUTOINCREMENT` key
+//! assigned inside that transaction, so commit order is position order and `$all` has no
+//! gap a reader could skip. WAL mode with `synchronous=FULL`: an acknowledged append
+//! survives power loss. Not for several hosts (don't put the file on NFS).
+
+use crate::event::check_stream;
+use crate::{
+    Append, AppendResult, Direction, EventStore, ReadAllFilter, RecordedEvent, StoreError,
+};
+use async_trait::async_trait;
+use mainstay_core::clock::now_ms;
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS mainstay_streams (
+    stream_id TEXT PRIMARY KEY,
+    version   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mainstay_events (
+    position      INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id     TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    event_id      TEXT NOT NULL,
+    event_type    TEXT NOT NULL,
+    data          TEXT NOT NULL,
+    metadata      TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    UNIQUE (stream_id, version),
+    UNIQUE (stream_id, event_id)
+);";
+
+const COLUMNS: &str =
+    "stream_id, version, position, event_id, event_type, data, metadata, created_at_ms";
+
+/// An event store in a SQLite file.
+#[derive(Clone, Debug)]
+pub struct SqliteEventStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+/// Why an append inside the transaction stopped.
+enum Refused {
+    Store(StoreError),
+    Db(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for Refused {
+    fn from(e: rusqlite::Error) -> Self {
+        Refused::Db(e)
+    }
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend {
+        backend: "sqlite",
+        message: e.to_string(),
+    }
+}
+
+fn event_row(r: &Row<'_>) -> rusqlite::Result<RecordedEvent> {
+    let json = |i: usize| -> rusqlite::Result<serde_json::Value> {
+        serde_json::from_str(&r.get::<_, String>(i)?).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+        })
+    };
+    Ok(RecordedEvent {
+        stream: r.get(0)?,
+        version: r.get::<_, i64>(1)? as u64,
+        position: r.get::<_, i64>(2)? as u64,
+        id: r.get(3)?,
+        event_type: r.get(4)?,
+        data: json(5)?,
+        metadata: json(6)?,
+        created_at_ms: r.get::<_, i64>(7)? as u64,
+    })
+}
+
+impl SqliteEventStore {
+    /// Opens (creating if needed) the store in the file at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(db_err)?;
+        }
+        let conn = Connection::open(path).map_err(db_err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(db_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db_err)?;
+        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        Ok(SqliteEventStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(db_err)?
+    }
+}
+
+fn validate(appends: &[Append]) -> Result<(), StoreError> {
+    if appends.is_empty() {
+        return Err(StoreError::invalid("appends", "nothing to append"));
+    }
+    for (a, append) in appends.iter().enumerate() {
+        check_stream(&append.stream)?;
+        if append.events.is_empty() {
+            return Err(StoreError::invalid(
+                format!("appends[{a}].events"),
+                "an append needs at least one event",
+            ));
+        }
+        for (i, e) in append.events.iter().enumerate() {
+            e.validate(&format!("appends[{a}].events[{i}]"))?;
+            if append.events[..i].iter().any(|o| o.id == e.id) {
+                return Err(StoreError::invalid(
+                    format!("appends[{a}].events[{i}].id"),
+                    format!("event id {:?} appears twice in the batch", e.id),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One append inside the write transaction.
+fn append_one(tx: &Connection, a: &Append, now: i64) -> Result<AppendResult, Refused> {
+    let actual: Option<u64> = tx
+        .prepare_cached("SELECT version FROM mainstay_streams WHERE stream_id = ?1")?
+        .query_row(params![a.stream], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map(|v| v as u64);
+    if let Some(result) = already_appended(tx, a, actual)? {
+        return Ok(result);
+    }
+    if !a.expected.matches(actual) {
+        return Err(Refused::Store(StoreError::WrongExpectedVersion {
+            stream: a.stream.clone(),
+            expected: a.expected,
+            actual,
+        }));
+    }
+    let first_version = actual.map_or(0, |v| v + 1);
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO mainstay_events (stream_id, version, event_id, event_type, data, metadata, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    let (mut first, mut last) = (0, 0);
+    for (i, e) in a.events.iter().enumerate() {
+        insert.execute(params![
+            a.stream,
+            (first_version + i as u64) as i64,
+            e.id,
+            e.event_type,
+            e.data.to_string(),
+            e.metadata.to_string(),
+            now
+        ])?;
+        last = tx.last_insert_rowid() as u64;
+        if i == 0 {
+            first = last;
+        }
+    }
+    let version = first_version + a.events.len() as u64 - 1;
+    tx.prepare_cached(
+        "INSERT INTO mainstay_streams (stream_id, version) VALUES (?1, ?2)
+         ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version",
+    )?
+    .execute(params![a.stream, version as i64])?;
+    Ok(AppendResult {
+        next_expected_version: version,
+        first_position: first,
+        last_position: last,
+    })
+}
+
+/// An idempotent retry: the batch's ids are already the stream's events, in order, at a
+/// place the expected version allows. `Ok(None)`: none of the ids is in the stream.
+fn already_appended(
+    tx: &Connection,
+    a: &Append,
+    actual: Option<u64>,
+) -> Result<Option<AppendResult>, Refused> {
+    let mut find = tx.prepare_cached(
+        "SELECT version, position FROM mainstay_events WHERE stream_id = ?1 AND event_id = ?2",
+    )?;
+    let mut found = Vec::with_capacity(a.events.len());
+    for e in &a.events {
+        found.push(
+            find.query_row(params![a.stream, e.id], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })
+            .optional()?,
+        );
+    }
+    let Some(first_found) = found.iter().flatten().next().copied() else {
+        return Ok(None);
+    };
+    let conflict = || {
+        Refused::Store(StoreError::IdempotencyConflict {
+            stream: a.stream.clone(),
+            event_id: a.events[found.iter().position(Option::is_some).unwrap_or(0)]
+                .id
+                .clone(),
+        })
+    };
+    let Some((v0, p0)) = found[0] else {
+        return Err(conflict());
+    };
+    let consecutive = found
+        .iter()
+        .enumerate()
+        .all(|(i, f)| matches!(f, Some((v, _)) if *v == v0 + i as u64));
+    if !consecutive || first_found != (v0, p0) {
+        return Err(conflict());
+    }
+    // The stream as it was before the original append.
+    let before = v0.checked_sub(1);
+    if !a.expected.matches(before) {
+        return Err(Refused::Store(StoreError::WrongExpectedVersion {
+            stream: a.stream.clone(),
+            expected: a.expected,
+            actual,
+        }));
+    }
+    let last = found
+        .last()
+        .copied()
+        .flatten()
+        .map(|(_, p)| p)
+        .unwrap_or(p0);
+    Ok(Some(AppendResult {
+        next_expected_version: v0 + a.events.len() as u64 - 1,
+        first_position: p0,
+        last_position: last,
+    }))
+}
+
+#[async_trait]
+impl EventStore for SqliteEventStore {
+    async fn append_many(&self, appends: Vec<Append>) -> Result<Vec<AppendResult>, StoreError> {
+        validate(&appends)?;
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let now = now_ms() as i64;
+            let mut results = Vec::with_capacity(appends.len());
+            for a in &appends {
+                match append_one(&tx, a, now) {
+                    Ok(r) => results.push(r),
+                    // Dropping `tx` rolls back every append of the call.
+                    Err(Refused::Store(e)) => return Err(e),
+                    Err(Refused::Db(e)) => return Err(db_err(e)),
+                }
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(results)
+        })
+        .await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+        direction: Direction,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        check_stream(stream)?;
+        let stream = stream.to_string();
+        self.with(move |c| {
+            let exists = c
+                .prepare_cached("SELECT 1 FROM mainstay_streams WHERE stream_id = ?1")
+                .and_then(|mut s| s.exists(params![stream]))
+                .map_err(db_err)?;
+            if !exists {
+                return Err(StoreError::StreamNotFound(stream));
+            }
+            let sql = match direction {
+                Direction::Forward => format!(
+                    "SELECT {COLUMNS} FROM mainstay_events WHERE stream_id = ?1 AND version >= ?2
+                     ORDER BY version LIMIT ?3"
+                ),
+                Direction::Backward => format!(
+                    "SELECT {COLUMNS} FROM mainstay_events WHERE stream_id = ?1 AND version <= ?2
+                     ORDER BY version DESC LIMIT ?3"
+                ),
+            };
+            let from = from.min(i64::MAX as u64) as i64;
+            c.prepare_cached(&sql)
+                .and_then(|mut s| {
+                    s.query_map(
+                        params![stream, from, max.min(i64::MAX as usize) as i64],
+                        event_row,
+                    )?
+                    .collect()
+                })
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn read_all(
+        &self,
+        after: u64,
+        max: usize,
+        filter: &ReadAllFilter,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let filter = filter.clone();
+        self.with(move |c| {
+            let types = serde_json::to_string(&filter.event_types).map_err(db_err)?;
+            let sql = format!(
+                "SELECT {COLUMNS} FROM mainstay_events
+                 WHERE position > ?1
+                   AND (?2 IS NULL OR substr(stream_id, 1, length(?2)) = ?2)
+                   AND (?3 = '[]' OR event_type IN (SELECT value FROM json_each(?3)))
+                 ORDER BY position LIMIT ?4"
+            );
+            c.prepare_cached(&sql)
+                .and_then(|mut s| {
+                    s.query_map(
+                        params![
+                            after.min(i64::MAX as u64) as i64,
+                            filter.stream_prefix,
+                            types,
+                            max.min(i64::MAX as usize) as i64
+                        ],
+                        event_row,
+                    )?
+                    .collect()
+                })
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn stream_version(&self, stream: &str) -> Result<Option<u64>, StoreError> {
+        check_stream(stream)?;
+        let stream = stream.to_string();
+        self.with(move |c| {
+            c.prepare_cached("SELECT version FROM mainstay_streams WHERE stream_id = ?1")
+                .and_then(|mut s| {
+                    s.query_row(params![stream], |r| r.get::<_, i64>(0))
+                        .optional()
+                })
+                .map(|v| v.map(|v| v as u64))
+                .map_err(db_err)
+        })
+        .await
+    }
+}

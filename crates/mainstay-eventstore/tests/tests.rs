@@ -1,0 +1,332 @@
+//! Event store behaviour on the embedded SQLite backend.
+
+use mainstay_eventstore::sqlite::SqliteEventStore;
+use mainstay_eventstore::{
+    Append, Direction, EventData, EventStore, ExpectedVersion, ReadAllFilter, StoreError,
+};
+use serde_json::json;
+use std::sync::Arc;
+
+fn store() -> (SqliteEventStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    (
+        SqliteEventStore::open(dir.path().join("events.db")).unwrap(),
+        dir,
+    )
+}
+
+fn ev(t: &str, n: i64) -> EventData {
+    EventData::new(t, json!({ "n": n }))
+}
+
+#[tokio::test]
+async fn expected_versions_and_conflicts_carry_both_sides() {
+    let (s, _d) = store();
+    use ExpectedVersion::*;
+    let r = s
+        .append(
+            "acct-1",
+            NoStream,
+            vec![ev("Opened", 0), ev("Deposited", 1)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.next_expected_version, 1);
+    assert_eq!((r.first_position, r.last_position), (1, 2));
+    s.append("acct-1", Exact(1), vec![ev("Deposited", 2)])
+        .await
+        .unwrap();
+    s.append("acct-1", StreamExists, vec![ev("Deposited", 3)])
+        .await
+        .unwrap();
+    s.append("acct-1", Any, vec![ev("Deposited", 4)])
+        .await
+        .unwrap();
+    assert_eq!(s.stream_version("acct-1").await.unwrap(), Some(4));
+
+    for (expected, actual) in [(Exact(1), Some(4)), (NoStream, Some(4))] {
+        match s.append("acct-1", expected, vec![ev("X", 9)]).await {
+            Err(StoreError::WrongExpectedVersion {
+                stream,
+                expected: e,
+                actual: a,
+            }) => {
+                assert_eq!((stream.as_str(), e, a), ("acct-1", expected, actual));
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+    match s.append("acct-2", StreamExists, vec![ev("X", 9)]).await {
+        Err(StoreError::WrongExpectedVersion { actual: None, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    match s.append("acct-2", Exact(0), vec![ev("X", 9)]).await {
+        Err(e @ StoreError::WrongExpectedVersion { .. }) => {
+            assert!(
+                e.to_string().contains("expected 0, actual no stream"),
+                "{e}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    // Nothing was written by the refused appends.
+    assert_eq!(s.stream_version("acct-1").await.unwrap(), Some(4));
+    assert!(matches!(
+        s.read_stream("acct-2", 0, Direction::Forward, 10).await,
+        Err(StoreError::StreamNotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn reads_forward_backward_and_all_with_filters() {
+    let (s, _d) = store();
+    for i in 0..5 {
+        s.append(
+            "order-1",
+            ExpectedVersion::Any,
+            vec![ev(if i % 2 == 0 { "A" } else { "B" }, i)],
+        )
+        .await
+        .unwrap();
+        s.append("cart-1", ExpectedVersion::Any, vec![ev("C", i)])
+            .await
+            .unwrap();
+    }
+    let fwd = s
+        .read_stream("order-1", 1, Direction::Forward, 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        fwd.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    let back = s
+        .read_stream("order-1", 3, Direction::Backward, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        back.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![3, 2, 1, 0]
+    );
+    assert_eq!(back[0].data, json!({"n": 3}));
+
+    let all = s.read_all(0, 100, &ReadAllFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 10);
+    assert!(all.windows(2).all(|w| w[0].position < w[1].position));
+    let after = s
+        .read_all(all[4].position, 100, &ReadAllFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(after.len(), 5);
+    let orders = ReadAllFilter {
+        stream_prefix: Some("order-".into()),
+        event_types: vec![],
+    };
+    assert_eq!(s.read_all(0, 100, &orders).await.unwrap().len(), 5);
+    let bs = ReadAllFilter {
+        stream_prefix: None,
+        event_types: vec!["B".into(), "C".into()],
+    };
+    assert_eq!(s.read_all(0, 100, &bs).await.unwrap().len(), 7);
+}
+
+/// Acceptance: the same batch replayed 1000 times under `Exact` and under `Any` stores one
+/// copy and returns the same positions.
+#[tokio::test]
+async fn idempotent_append_replayed_1000_times() {
+    let (s, _d) = store();
+    s.append("s", ExpectedVersion::NoStream, vec![ev("First", 0)])
+        .await
+        .unwrap();
+    let batch = vec![ev("A", 1), ev("B", 2), ev("C", 3)];
+    for expected in [ExpectedVersion::Exact(0), ExpectedVersion::Any] {
+        let stream = if expected == ExpectedVersion::Any {
+            "t"
+        } else {
+            "s"
+        };
+        if stream == "t" {
+            s.append("t", ExpectedVersion::NoStream, vec![ev("First", 0)])
+                .await
+                .unwrap();
+        }
+        let first = s.append(stream, expected, batch.clone()).await.unwrap();
+        for _ in 0..1000 {
+            assert_eq!(
+                s.append(stream, expected, batch.clone()).await.unwrap(),
+                first
+            );
+        }
+        let events = s
+            .read_stream(stream, 0, Direction::Forward, 100)
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 4, "one copy in {stream}");
+        assert_eq!(s.stream_version(stream).await.unwrap(), Some(3));
+    }
+    // Part of a stored batch with new events is not a retry.
+    let mut mixed = batch.clone();
+    mixed.push(ev("D", 4));
+    assert!(matches!(
+        s.append("s", ExpectedVersion::Any, mixed).await,
+        Err(StoreError::IdempotencyConflict { .. })
+    ));
+    // A retry whose expected version contradicts where the batch went is a conflict.
+    assert!(matches!(
+        s.append("s", ExpectedVersion::Exact(2), batch.clone())
+            .await,
+        Err(StoreError::WrongExpectedVersion { .. })
+    ));
+}
+
+#[tokio::test]
+async fn multi_stream_append_is_all_or_nothing() {
+    let (s, _d) = store();
+    let ok = s
+        .append_many(vec![
+            Append {
+                stream: "from".into(),
+                expected: ExpectedVersion::NoStream,
+                events: vec![ev("Debited", 10)],
+            },
+            Append {
+                stream: "to".into(),
+                expected: ExpectedVersion::NoStream,
+                events: vec![ev("Credited", 10)],
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(ok.len(), 2);
+    assert_eq!(ok[1].first_position, ok[0].last_position + 1);
+    let refused = s
+        .append_many(vec![
+            Append {
+                stream: "from".into(),
+                expected: ExpectedVersion::Exact(0),
+                events: vec![ev("Debited", 5)],
+            },
+            Append {
+                stream: "to".into(),
+                expected: ExpectedVersion::NoStream,
+                events: vec![ev("Credited", 5)],
+            },
+        ])
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::WrongExpectedVersion { ref stream, .. }) if stream == "to")
+    );
+    assert_eq!(
+        s.stream_version("from").await.unwrap(),
+        Some(0),
+        "the first append was rolled back"
+    );
+    assert_eq!(
+        s.read_all(0, 100, &ReadAllFilter::default())
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_changes_nothing() {
+    let (s, _d) = store();
+    let field = |r: Result<_, StoreError>| match r {
+        Err(StoreError::InvalidArgument { field, .. }) => field,
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    };
+    assert_eq!(
+        field(s.append("", ExpectedVersion::Any, vec![ev("A", 1)]).await),
+        "stream"
+    );
+    assert_eq!(
+        field(
+            s.append("$all", ExpectedVersion::Any, vec![ev("A", 1)])
+                .await
+        ),
+        "stream"
+    );
+    assert_eq!(
+        field(s.append("s", ExpectedVersion::Any, vec![]).await),
+        "appends[0].events"
+    );
+    let big = EventData::new(
+        "Big",
+        json!({"blob": "x".repeat(mainstay_eventstore::MAX_EVENT_BYTES)}),
+    );
+    assert_eq!(
+        field(
+            s.append("s", ExpectedVersion::Any, vec![ev("A", 1), big])
+                .await
+        ),
+        "appends[0].events[1].data"
+    );
+    let a = ev("A", 1);
+    assert_eq!(
+        field(
+            s.append("s", ExpectedVersion::Any, vec![a.clone(), a])
+                .await
+        ),
+        "appends[0].events[1].id"
+    );
+    assert!(s
+        .read_all(0, 10, &ReadAllFilter::default())
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// Writers on many streams and a reader polling `$all`: the reader never sees a position
+/// below one it already saw, and in the end has every event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_is_gap_free_under_concurrent_writers() {
+    let (s, _d) = store();
+    let s = Arc::new(s);
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for i in 0..50 {
+                    let batch = (0..(i % 3 + 1)).map(|k| ev("E", k)).collect();
+                    s.append(&format!("w-{w}"), ExpectedVersion::Any, batch)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    let total: usize = 8 * (0..50).map(|i| i % 3 + 1).sum::<usize>();
+    let mut seen = Vec::new();
+    let mut after = 0;
+    while seen.len() < total {
+        let page = s
+            .read_all(after, 64, &ReadAllFilter::default())
+            .await
+            .unwrap();
+        for e in page {
+            assert!(
+                e.position > after,
+                "went backwards: {} after {after}",
+                e.position
+            );
+            after = e.position;
+            seen.push(e.position);
+        }
+        tokio::task::yield_now().await;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let all = s
+        .read_all(0, usize::MAX, &ReadAllFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(all.len(), total);
+    assert_eq!(
+        seen,
+        all.iter().map(|e| e.position).collect::<Vec<_>>(),
+        "no event skipped or repeated"
+    );
+}
