@@ -94,6 +94,50 @@ impl EventData {
     }
 }
 
+/// A place in `$all`, ordered by `commit` then `prepare` (KurrentDB's shape).
+///
+/// SQLite assigns both in commit order (they are equal). PostgreSQL will set `commit` from
+/// the appending transaction's id and `prepare` from a sequence, and serve only
+/// transactions older than every one still running, so no later-visible event can sort
+/// before one already read.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Position {
+    /// The committing transaction's order.
+    pub commit: u64,
+    /// The event's order within it.
+    pub prepare: u64,
+}
+
+impl Position {
+    /// Before every event.
+    pub const START: Position = Position {
+        commit: 0,
+        prepare: 0,
+    };
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.commit, self.prepare)
+    }
+}
+
+impl std::str::FromStr for Position {
+    type Err = StoreError;
+
+    /// Parses `commit/prepare` (the `Display` form).
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        let bad = || StoreError::invalid("position", format!("{s:?} is not COMMIT/PREPARE"));
+        let (c, p) = s.split_once('/').ok_or_else(bad)?;
+        Ok(Position {
+            commit: c.trim().parse().map_err(|_| bad())?,
+            prepare: p.trim().parse().map_err(|_| bad())?,
+        })
+    }
+}
+
 /// A stored event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RecordedEvent {
@@ -101,8 +145,8 @@ pub struct RecordedEvent {
     pub stream: String,
     /// Its version in the stream (0-based).
     pub version: u64,
-    /// Its position in `$all` (1-based, increasing in commit order).
-    pub position: u64,
+    /// Its position in `$all`.
+    pub position: Position,
     /// Its id.
     pub id: String,
     /// Its type.
@@ -122,9 +166,9 @@ pub struct AppendResult {
     /// The stream's version after the append.
     pub next_expected_version: u64,
     /// Position of the first event of the batch.
-    pub first_position: u64,
+    pub first_position: Position,
     /// Position of the last event of the batch.
-    pub last_position: u64,
+    pub last_position: Position,
 }
 
 /// Reading direction.
@@ -154,4 +198,36 @@ pub(crate) fn check_stream(name: &str) -> Result<(), StoreError> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_order_by_commit_then_prepare_and_round_trip() {
+        let a = Position {
+            commit: 5,
+            prepare: 9,
+        };
+        let b = Position {
+            commit: 6,
+            prepare: 1,
+        };
+        assert!(a < b && Position::START < a);
+        assert_eq!("5/9".parse::<Position>().unwrap(), a);
+        assert_eq!(a.to_string(), "5/9");
+        for bad in ["", "5", "5/x", "-1/2", "1/2/3"] {
+            assert!(bad.parse::<Position>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn expected_version_matches() {
+        use ExpectedVersion::*;
+        assert!(Any.matches(None) && Any.matches(Some(3)));
+        assert!(NoStream.matches(None) && !NoStream.matches(Some(0)));
+        assert!(StreamExists.matches(Some(0)) && !StreamExists.matches(None));
+        assert!(Exact(2).matches(Some(2)) && !Exact(2).matches(Some(3)) && !Exact(0).matches(None));
+    }
 }

@@ -8,9 +8,9 @@
 //!   the stream's events at that place returns the original result and writes nothing — under
 //!   `Exact` and under `Any` alike — so a client may retry after a timeout.
 //! - **Atomic batches, several streams at once** ([`EventStore::append_many`]).
-//! - **A gap-free `$all`.** Positions are assigned in commit order, so a reader that has
-//!   seen position `p` will never later see an event below `p` appear (SQLite: one writer
-//!   at a time, positions assigned inside the write transaction).
+//! - **A gap-free `$all`.** A reader that has seen [`Position`] `p` will never later see
+//!   an event below `p` appear (SQLite: one writer at a time, positions assigned inside the
+//!   write transaction, so commit order is position order).
 //!
 //! Versions are 0-based: a stream's first event has version 0, and a stream's version is
 //! the version of its last event. Not yet here (issue 5, in progress): PostgreSQL,
@@ -25,7 +25,7 @@ pub mod sqlite;
 
 pub use error::StoreError;
 pub use event::{
-    AppendResult, Direction, EventData, ExpectedVersion, ReadAllFilter, RecordedEvent,
+    AppendResult, Direction, EventData, ExpectedVersion, Position, ReadAllFilter, RecordedEvent,
     MAX_EVENT_BYTES,
 };
 
@@ -75,11 +75,11 @@ pub trait EventStore: Send + Sync + 'static {
         max: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError>;
 
-    /// Up to `max` events of `$all` after position `after` (0: from the start), in
-    /// position order, optionally filtered.
+    /// Up to `max` events of `$all` after `after` ([`Position::START`]: from the
+    /// beginning), in position order, optionally filtered.
     async fn read_all(
         &self,
-        after: u64,
+        after: Position,
         max: usize,
         filter: &ReadAllFilter,
     ) -> Result<Vec<RecordedEvent>, StoreError>;

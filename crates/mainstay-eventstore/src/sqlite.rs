@@ -8,7 +8,7 @@
 
 use crate::event::check_stream;
 use crate::{
-    Append, AppendResult, Direction, EventStore, ReadAllFilter, RecordedEvent, StoreError,
+    Append, AppendResult, Direction, EventStore, Position, ReadAllFilter, RecordedEvent, StoreError,
 };
 use async_trait::async_trait;
 use mainstay_core::clock::now_ms;
@@ -63,6 +63,14 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
     }
 }
 
+/// SQLite assigns one number in commit order: it is both parts of the position.
+fn pos(n: u64) -> Position {
+    Position {
+        commit: n,
+        prepare: n,
+    }
+}
+
 fn event_row(r: &Row<'_>) -> rusqlite::Result<RecordedEvent> {
     let json = |i: usize| -> rusqlite::Result<serde_json::Value> {
         serde_json::from_str(&r.get::<_, String>(i)?).map_err(|e| {
@@ -72,7 +80,7 @@ fn event_row(r: &Row<'_>) -> rusqlite::Result<RecordedEvent> {
     Ok(RecordedEvent {
         stream: r.get(0)?,
         version: r.get::<_, i64>(1)? as u64,
-        position: r.get::<_, i64>(2)? as u64,
+        position: pos(r.get::<_, i64>(2)? as u64),
         id: r.get(3)?,
         event_type: r.get(4)?,
         data: json(5)?,
@@ -185,8 +193,8 @@ fn append_one(tx: &Connection, a: &Append, now: i64) -> Result<AppendResult, Ref
     .execute(params![a.stream, version as i64])?;
     Ok(AppendResult {
         next_expected_version: version,
-        first_position: first,
-        last_position: last,
+        first_position: pos(first),
+        last_position: pos(last),
     })
 }
 
@@ -247,8 +255,8 @@ fn already_appended(
         .unwrap_or(p0);
     Ok(Some(AppendResult {
         next_expected_version: v0 + a.events.len() as u64 - 1,
-        first_position: p0,
-        last_position: last,
+        first_position: pos(p0),
+        last_position: pos(last),
     }))
 }
 
@@ -319,7 +327,7 @@ impl EventStore for SqliteEventStore {
 
     async fn read_all(
         &self,
-        after: u64,
+        after: Position,
         max: usize,
         filter: &ReadAllFilter,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
@@ -337,7 +345,7 @@ impl EventStore for SqliteEventStore {
                 .and_then(|mut s| {
                     s.query_map(
                         params![
-                            after.min(i64::MAX as u64) as i64,
+                            after.commit.min(i64::MAX as u64) as i64,
                             filter.stream_prefix,
                             types,
                             max.min(i64::MAX as usize) as i64
