@@ -190,6 +190,32 @@ pub struct ReadAllFilter {
     pub event_types: Vec<String>,
 }
 
+/// Checks every append of a call; the error names the first wrong field.
+pub(crate) fn validate_appends(appends: &[crate::Append]) -> Result<(), StoreError> {
+    if appends.is_empty() {
+        return Err(StoreError::invalid("appends", "nothing to append"));
+    }
+    for (a, append) in appends.iter().enumerate() {
+        check_stream(&append.stream)?;
+        if append.events.is_empty() {
+            return Err(StoreError::invalid(
+                format!("appends[{a}].events"),
+                "an append needs at least one event",
+            ));
+        }
+        for (i, e) in append.events.iter().enumerate() {
+            e.validate(&format!("appends[{a}].events[{i}]"))?;
+            if append.events[..i].iter().any(|o| o.id == e.id) {
+                return Err(StoreError::invalid(
+                    format!("appends[{a}].events[{i}].id"),
+                    format!("event id {:?} appears twice in the batch", e.id),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn check_stream(name: &str) -> Result<(), StoreError> {
     if name.is_empty() || name.len() > 256 || name.starts_with('$') {
         return Err(StoreError::invalid(

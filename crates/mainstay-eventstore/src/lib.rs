@@ -10,16 +10,19 @@
 //! - **Atomic batches, several streams at once** ([`EventStore::append_many`]).
 //! - **A gap-free `$all`.** A reader that has seen [`Position`] `p` will never later see
 //!   an event below `p` appear (SQLite: one writer at a time, positions assigned inside the
-//!   write transaction, so commit order is position order).
+//!   write transaction, so commit order is position order; PostgreSQL: positions ordered
+//!   by transaction id, and only transactions older than every running one are served).
 //!
 //! Versions are 0-based: a stream's first event has version 0, and a stream's version is
-//! the version of its last event. Not yet here (issue 5, in progress): PostgreSQL,
-//! subscriptions, snapshots, deletion and retention, CQRS.
+//! the version of its last event. Not yet here (issue 5, in progress): subscriptions,
+//! snapshots, deletion and retention, CQRS, the HTTP API.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
 mod error;
 mod event;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

@@ -122,31 +122,6 @@ impl SqliteEventStore {
     }
 }
 
-fn validate(appends: &[Append]) -> Result<(), StoreError> {
-    if appends.is_empty() {
-        return Err(StoreError::invalid("appends", "nothing to append"));
-    }
-    for (a, append) in appends.iter().enumerate() {
-        check_stream(&append.stream)?;
-        if append.events.is_empty() {
-            return Err(StoreError::invalid(
-                format!("appends[{a}].events"),
-                "an append needs at least one event",
-            ));
-        }
-        for (i, e) in append.events.iter().enumerate() {
-            e.validate(&format!("appends[{a}].events[{i}]"))?;
-            if append.events[..i].iter().any(|o| o.id == e.id) {
-                return Err(StoreError::invalid(
-                    format!("appends[{a}].events[{i}].id"),
-                    format!("event id {:?} appears twice in the batch", e.id),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// One append inside the write transaction.
 fn append_one(tx: &Connection, a: &Append, now: i64) -> Result<AppendResult, Refused> {
     let actual: Option<u64> = tx
@@ -263,7 +238,7 @@ fn already_appended(
 #[async_trait]
 impl EventStore for SqliteEventStore {
     async fn append_many(&self, appends: Vec<Append>) -> Result<Vec<AppendResult>, StoreError> {
-        validate(&appends)?;
+        crate::event::validate_appends(&appends)?;
         self.with(move |c| {
             let tx = c
                 .transaction_with_behavior(TransactionBehavior::Immediate)

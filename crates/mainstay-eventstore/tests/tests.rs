@@ -1,27 +1,59 @@
-//! Event store behaviour on the embedded SQLite backend.
+//! Event store behaviour, on SQLite and on a real PostgreSQL.
 
+use mainstay_eventstore::postgres::PostgresEventStore;
 use mainstay_eventstore::sqlite::SqliteEventStore;
 use mainstay_eventstore::{
     Append, Direction, EventData, EventStore, ExpectedVersion, Position, ReadAllFilter, StoreError,
 };
+use mainstay_testkit::shared_postgres;
 use serde_json::json;
 use std::sync::Arc;
 
-fn store() -> (SqliteEventStore, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    (
-        SqliteEventStore::open(dir.path().join("events.db")).unwrap(),
-        dir,
-    )
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh store: a SQLite file in a temp dir, or a fresh PostgreSQL database.
+async fn store(kind: Kind) -> (Arc<dyn EventStore>, Box<dyn std::any::Any + Send>) {
+    match kind {
+        Kind::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let s = SqliteEventStore::open(dir.path().join("events.db")).unwrap();
+            (Arc::new(s), Box::new(dir))
+        }
+        Kind::Postgres => {
+            let pg = shared_postgres();
+            let url = pg.database().await.unwrap();
+            let s = PostgresEventStore::connect(&url).await.unwrap();
+            (Arc::new(s), Box::new((pg, url)))
+        }
+    }
+}
+
+/// `mod $name { sqlite, postgres }`, each calling `super::$name(kind)`.
+macro_rules! per_store {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::Kind::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(super::Kind::Postgres).await
+            }
+        }
+    };
 }
 
 fn ev(t: &str, n: i64) -> EventData {
     EventData::new(t, json!({ "n": n }))
 }
 
-#[tokio::test]
-async fn expected_versions_and_conflicts_carry_both_sides() {
-    let (s, _d) = store();
+async fn expected_versions_and_conflicts_carry_both_sides(kind: Kind) {
+    let (s, _d) = store(kind).await;
     use ExpectedVersion::*;
     let r = s
         .append(
@@ -77,9 +109,8 @@ async fn expected_versions_and_conflicts_carry_both_sides() {
     ));
 }
 
-#[tokio::test]
-async fn reads_forward_backward_and_all_with_filters() {
-    let (s, _d) = store();
+async fn reads_forward_backward_and_all_with_filters(kind: Kind) {
+    let (s, _d) = store(kind).await;
     for i in 0..5 {
         s.append(
             "order-1",
@@ -144,9 +175,8 @@ async fn reads_forward_backward_and_all_with_filters() {
 
 /// Acceptance: the same batch replayed 1000 times under `Exact` and under `Any` stores one
 /// copy and returns the same positions.
-#[tokio::test]
-async fn idempotent_append_replayed_1000_times() {
-    let (s, _d) = store();
+async fn idempotent_append_replayed_1000_times(kind: Kind) {
+    let (s, _d) = store(kind).await;
     s.append("s", ExpectedVersion::NoStream, vec![ev("First", 0)])
         .await
         .unwrap();
@@ -191,9 +221,8 @@ async fn idempotent_append_replayed_1000_times() {
     ));
 }
 
-#[tokio::test]
-async fn multi_stream_append_is_all_or_nothing() {
-    let (s, _d) = store();
+async fn multi_stream_append_is_all_or_nothing(kind: Kind) {
+    let (s, _d) = store(kind).await;
     let ok = s
         .append_many(vec![
             Append {
@@ -242,9 +271,8 @@ async fn multi_stream_append_is_all_or_nothing() {
     );
 }
 
-#[tokio::test]
-async fn bad_input_is_refused_and_changes_nothing() {
-    let (s, _d) = store();
+async fn bad_input_is_refused_and_changes_nothing(kind: Kind) {
+    let (s, _d) = store(kind).await;
     let field = |r: Result<_, StoreError>| match r {
         Err(StoreError::InvalidArgument { field, .. }) => field,
         other => panic!("expected InvalidArgument, got {other:?}"),
@@ -292,10 +320,8 @@ async fn bad_input_is_refused_and_changes_nothing() {
 
 /// Writers on many streams and a reader polling `$all`: the reader never sees a position
 /// below one it already saw, and in the end has every event exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn all_is_gap_free_under_concurrent_writers() {
-    let (s, _d) = store();
-    let s = Arc::new(s);
+async fn all_is_gap_free_under_concurrent_writers(kind: Kind) {
+    let (s, _d) = store(kind).await;
     let writers: Vec<_> = (0..8)
         .map(|w| {
             let s = s.clone();
@@ -341,4 +367,109 @@ async fn all_is_gap_free_under_concurrent_writers() {
         all.iter().map(|e| e.position).collect::<Vec<_>>(),
         "no event skipped or repeated"
     );
+}
+per_store!(expected_versions_and_conflicts_carry_both_sides);
+per_store!(reads_forward_backward_and_all_with_filters);
+per_store!(idempotent_append_replayed_1000_times);
+per_store!(multi_stream_append_is_all_or_nothing);
+per_store!(bad_input_is_refused_and_changes_nothing);
+per_store!(all_is_gap_free_under_concurrent_writers);
+
+/// PostgreSQL: sequence values are taken in one order and commits land in another. 16
+/// writers hold their transactions open for random times and roll ~10% back while a
+/// reader follows `$all`: it must see every committed event once, in increasing position,
+/// and never an event behind its checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_all_skips_nothing_under_slow_commits_and_rollbacks() {
+    use rand::{Rng, SeedableRng};
+    let pg = shared_postgres();
+    let url = pg.database().await.unwrap();
+    let s = Arc::new(PostgresEventStore::connect(&url).await.unwrap());
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+                tokio::spawn(conn);
+                let mut rng = rand::rngs::StdRng::seed_from_u64(w);
+                let mut version = 0i64;
+                let mut committed = Vec::new();
+                for t in 0..25 {
+                    client.batch_execute("BEGIN").await.unwrap();
+                    let n = rng.random_range(1..=3);
+                    let mut ids = Vec::new();
+                    for k in 0..n {
+                        let id = format!("w{w}-t{t}-{k}");
+                        client
+                            .execute(
+                                "INSERT INTO mainstay_events (stream_id, version, event_id, event_type, data, metadata, created_at_ms)
+                                 VALUES ($1, $2, $3, 'E', '{}', 'null', 0)",
+                                &[&format!("w-{w}"), &(version + k), &id],
+                            )
+                            .await
+                            .unwrap();
+                        ids.push(id);
+                    }
+                    let delay = rng.random_range(0..20);
+                    client.batch_execute(&format!("SELECT pg_sleep({delay} / 1000.0)")).await.unwrap();
+                    if rng.random_bool(0.1) {
+                        client.batch_execute("ROLLBACK").await.unwrap();
+                    } else {
+                        client.batch_execute("COMMIT").await.unwrap();
+                        version += n;
+                        committed.extend(ids);
+                    }
+                }
+                committed
+            })
+        })
+        .collect();
+    let mut seen: Vec<String> = Vec::new();
+    let mut after = Position::START;
+    let mut writers_done = false;
+    let mut committed: Vec<String> = Vec::new();
+    let mut handles = writers;
+    loop {
+        let page = s
+            .read_all(after, 100, &ReadAllFilter::default())
+            .await
+            .unwrap();
+        for e in &page {
+            assert!(e.position > after, "{} is not after {after}", e.position);
+            after = e.position;
+            seen.push(e.id.clone());
+        }
+        if writers_done && page.is_empty() {
+            break;
+        }
+        if !writers_done && handles.iter().all(|h| h.is_finished()) {
+            for h in handles.drain(..) {
+                committed.extend(h.await.unwrap());
+            }
+            writers_done = true;
+        }
+        tokio::task::yield_now().await;
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), seen.len(), "an event was delivered twice");
+    committed.sort();
+    let missing: Vec<&String> = committed
+        .iter()
+        .filter(|c| sorted.binary_search(c).is_err())
+        .collect();
+    let phantom: Vec<&String> = sorted
+        .iter()
+        .filter(|e| committed.binary_search(e).is_err())
+        .collect();
+    assert!(
+        missing.is_empty() && phantom.is_empty(),
+        "{} missing (e.g. {:?}), {} phantom (e.g. {:?})",
+        missing.len(),
+        missing.iter().take(5).collect::<Vec<_>>(),
+        phantom.len(),
+        phantom.iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(committed.len() > 500, "{} events", committed.len());
 }

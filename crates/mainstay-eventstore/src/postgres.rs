@@ -1,0 +1,310 @@
+//! The event store in PostgreSQL (13 or later).
+//!
+//! Appends run concurrently: each locks only its stream's row. An event's position is
+//! `(commit, prepare)` = (the appending transaction's id, `xid8`; a sequence value).
+//! Sequence values are taken in no particular commit order, so `$all` is ordered by
+//! transaction id first, and a reader is served only events of transactions **older than
+//! the oldest transaction still running** (`pg_snapshot_xmin`): every such transaction has
+//! finished, and any transaction that commits later has a larger id, so its events sort
+//! after everything already read. No event can appear behind a reader's checkpoint, and no
+//! timing heuristic is involved. The price: a long-running transaction anywhere in the
+//! cluster holds back `$all` readers (not writers) until it ends.
+
+use crate::event::check_stream;
+use crate::{
+    Append, AppendResult, Direction, EventStore, Position, ReadAllFilter, RecordedEvent, StoreError,
+};
+use async_trait::async_trait;
+use deadpool_postgres::{Object, Pool};
+use mainstay_core::clock::now_ms;
+use tokio_postgres::Row;
+
+const SCHEMA: &str = "
+CREATE SEQUENCE IF NOT EXISTS mainstay_event_seq;
+CREATE TABLE IF NOT EXISTS mainstay_streams (
+    stream_id text PRIMARY KEY,
+    version   bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mainstay_events (
+    tx            xid8   NOT NULL DEFAULT pg_current_xact_id(),
+    seq           bigint NOT NULL DEFAULT nextval('mainstay_event_seq'),
+    stream_id     text   NOT NULL,
+    version       bigint NOT NULL,
+    event_id      text   NOT NULL,
+    event_type    text   NOT NULL,
+    data          text   NOT NULL,
+    metadata      text   NOT NULL,
+    created_at_ms bigint NOT NULL,
+    PRIMARY KEY (tx, seq),
+    UNIQUE (stream_id, version),
+    UNIQUE (stream_id, event_id)
+);";
+
+const COLUMNS: &str = "stream_id, version, tx::text::bigint, seq, event_id, event_type, data, \
+    metadata, created_at_ms";
+
+/// An event store in PostgreSQL tables (`mainstay_events`, `mainstay_streams`).
+#[derive(Clone)]
+pub struct PostgresEventStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PostgresEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresEventStore").finish_non_exhaustive()
+    }
+}
+
+fn pg_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend {
+        backend: "postgres",
+        message: e.to_string(),
+    }
+}
+
+fn event_row(r: &Row) -> Result<RecordedEvent, StoreError> {
+    let json = |i: usize| -> Result<serde_json::Value, StoreError> {
+        serde_json::from_str(r.get::<_, &str>(i)).map_err(pg_err)
+    };
+    Ok(RecordedEvent {
+        stream: r.get(0),
+        version: r.get::<_, i64>(1) as u64,
+        position: Position {
+            commit: r.get::<_, i64>(2) as u64,
+            prepare: r.get::<_, i64>(3) as u64,
+        },
+        id: r.get(4),
+        event_type: r.get(5),
+        data: json(6)?,
+        metadata: json(7)?,
+        created_at_ms: r.get::<_, i64>(8) as u64,
+    })
+}
+
+impl PostgresEventStore {
+    /// Connects (a pool of up to 32) and creates the tables if missing.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = mainstay_core::pg::pool(url, 32).map_err(|m| StoreError::invalid("url", m))?;
+        mainstay_core::pg::ensure_schema(&pool, SCHEMA)
+            .await
+            .map_err(pg_err)?;
+        Ok(PostgresEventStore { pool })
+    }
+
+    async fn client(&self) -> Result<Object, StoreError> {
+        self.pool.get().await.map_err(pg_err)
+    }
+}
+
+/// One append inside the transaction; `Err(Ok(e))` is a refusal, `Err(Err(e))` a failure.
+async fn append_one(
+    tx: &deadpool_postgres::Transaction<'_>,
+    a: &Append,
+) -> Result<AppendResult, StoreError> {
+    // The stream row serializes appends to one stream (and only to it).
+    tx.execute(
+        "INSERT INTO mainstay_streams (stream_id, version) VALUES ($1, -1) ON CONFLICT DO NOTHING",
+        &[&a.stream],
+    )
+    .await
+    .map_err(pg_err)?;
+    let version: i64 = tx
+        .query_one(
+            "SELECT version FROM mainstay_streams WHERE stream_id = $1 FOR UPDATE",
+            &[&a.stream],
+        )
+        .await
+        .map_err(pg_err)?
+        .get(0);
+    let actual = (version >= 0).then_some(version as u64);
+    let ids: Vec<&str> = a.events.iter().map(|e| e.id.as_str()).collect();
+    let found = tx
+        .query(
+            "SELECT event_id, version, tx::text::bigint, seq FROM mainstay_events
+             WHERE stream_id = $1 AND event_id = ANY($2) ORDER BY version",
+            &[&a.stream, &ids],
+        )
+        .await
+        .map_err(pg_err)?;
+    if !found.is_empty() {
+        let v0 = found[0].get::<_, i64>(1) as u64;
+        let in_place = found.len() == a.events.len()
+            && found.iter().enumerate().all(|(i, r)| {
+                r.get::<_, &str>(0) == a.events[i].id && r.get::<_, i64>(1) as u64 == v0 + i as u64
+            });
+        if !in_place {
+            return Err(StoreError::IdempotencyConflict {
+                stream: a.stream.clone(),
+                event_id: found[0].get::<_, String>(0),
+            });
+        }
+        if !a.expected.matches(v0.checked_sub(1)) {
+            return Err(StoreError::WrongExpectedVersion {
+                stream: a.stream.clone(),
+                expected: a.expected,
+                actual,
+            });
+        }
+        let pos = |r: &Row| Position {
+            commit: r.get::<_, i64>(2) as u64,
+            prepare: r.get::<_, i64>(3) as u64,
+        };
+        return Ok(AppendResult {
+            next_expected_version: v0 + a.events.len() as u64 - 1,
+            first_position: pos(&found[0]),
+            last_position: pos(&found[found.len() - 1]),
+        });
+    }
+    if !a.expected.matches(actual) {
+        return Err(StoreError::WrongExpectedVersion {
+            stream: a.stream.clone(),
+            expected: a.expected,
+            actual,
+        });
+    }
+    let first_version = actual.map_or(0, |v| v + 1) as i64;
+    let n = a.events.len();
+    let versions: Vec<i64> = (0..n as i64).map(|i| first_version + i).collect();
+    let types: Vec<&str> = a.events.iter().map(|e| e.event_type.as_str()).collect();
+    let data: Vec<String> = a.events.iter().map(|e| e.data.to_string()).collect();
+    let meta: Vec<String> = a.events.iter().map(|e| e.metadata.to_string()).collect();
+    let now = now_ms() as i64;
+    let rows = tx
+        .query(
+            "INSERT INTO mainstay_events (stream_id, version, event_id, event_type, data, metadata, created_at_ms)
+             SELECT $1, v, i, t, d, m, $7
+             FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[]) AS u(v, i, t, d, m)
+             ORDER BY v
+             RETURNING tx::text::bigint, seq",
+            &[&a.stream, &versions, &ids, &types, &data, &meta, &now],
+        )
+        .await
+        .map_err(pg_err)?;
+    let last_version = first_version + n as i64 - 1;
+    tx.execute(
+        "UPDATE mainstay_streams SET version = $2 WHERE stream_id = $1",
+        &[&a.stream, &last_version],
+    )
+    .await
+    .map_err(pg_err)?;
+    let mut positions: Vec<Position> = rows
+        .iter()
+        .map(|r| Position {
+            commit: r.get::<_, i64>(0) as u64,
+            prepare: r.get::<_, i64>(1) as u64,
+        })
+        .collect();
+    positions.sort();
+    Ok(AppendResult {
+        next_expected_version: last_version as u64,
+        first_position: positions[0],
+        last_position: positions[positions.len() - 1],
+    })
+}
+
+#[async_trait]
+impl EventStore for PostgresEventStore {
+    async fn append_many(&self, appends: Vec<Append>) -> Result<Vec<AppendResult>, StoreError> {
+        crate::event::validate_appends(&appends)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let mut results = Vec::with_capacity(appends.len());
+        for a in &appends {
+            // An error drops `tx`: everything of this call rolls back.
+            results.push(append_one(&tx, a).await?);
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok(results)
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+        direction: Direction,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        check_stream(stream)?;
+        let client = self.client().await?;
+        let version: Option<i64> = client
+            .query_opt(
+                "SELECT version FROM mainstay_streams WHERE stream_id = $1",
+                &[&stream],
+            )
+            .await
+            .map_err(pg_err)?
+            .map(|r| r.get(0));
+        if !matches!(version, Some(v) if v >= 0) {
+            return Err(StoreError::StreamNotFound(stream.to_string()));
+        }
+        let sql = match direction {
+            Direction::Forward => format!(
+                "SELECT {COLUMNS} FROM mainstay_events WHERE stream_id = $1 AND version >= $2
+                 ORDER BY version LIMIT $3"
+            ),
+            Direction::Backward => format!(
+                "SELECT {COLUMNS} FROM mainstay_events WHERE stream_id = $1 AND version <= $2
+                 ORDER BY version DESC LIMIT $3"
+            ),
+        };
+        let rows = client
+            .query(
+                &sql,
+                &[
+                    &stream,
+                    &(from.min(i64::MAX as u64) as i64),
+                    &(max.min(i64::MAX as usize) as i64),
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        rows.iter().map(event_row).collect()
+    }
+
+    async fn read_all(
+        &self,
+        after: Position,
+        max: usize,
+        filter: &ReadAllFilter,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM mainstay_events
+             WHERE (tx, seq) > ($1::text::xid8, $2)
+               AND tx < pg_snapshot_xmin(pg_current_snapshot())
+               AND ($3::text IS NULL OR starts_with(stream_id, $3))
+               AND (cardinality($4::text[]) = 0 OR event_type = ANY($4))
+             ORDER BY tx, seq LIMIT $5"
+        );
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &sql,
+                &[
+                    &after.commit.to_string(),
+                    &(after.prepare.min(i64::MAX as u64) as i64),
+                    &filter.stream_prefix,
+                    &filter.event_types,
+                    &(max.min(i64::MAX as usize) as i64),
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        rows.iter().map(event_row).collect()
+    }
+
+    async fn stream_version(&self, stream: &str) -> Result<Option<u64>, StoreError> {
+        check_stream(stream)?;
+        let v: Option<i64> = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT version FROM mainstay_streams WHERE stream_id = $1",
+                &[&stream],
+            )
+            .await
+            .map_err(pg_err)?
+            .map(|r| r.get(0));
+        Ok(v.filter(|v| *v >= 0).map(|v| v as u64))
+    }
+}
