@@ -7,8 +7,10 @@
 //! the oldest transaction still running** (`pg_snapshot_xmin`): every such transaction has
 //! finished, and any transaction that commits later has a larger id, so its events sort
 //! after everything already read. No event can appear behind a reader's checkpoint, and no
-//! timing heuristic is involved. The price: a long-running transaction anywhere in the
-//! cluster holds back `$all` readers (not writers) until it ends.
+//! timing heuristic is involved. The price: `$all` trails commits — an append becomes
+//! visible there once every transaction that started before it has ended, so a
+//! long-running transaction anywhere in the cluster holds `$all` readers (not writers,
+//! and not stream reads, which see an append as soon as it commits) until it ends.
 
 use crate::event::check_stream;
 use crate::{
