@@ -40,3 +40,52 @@ pub async fn ensure_schema(pool: &Pool, schema: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
+
+/// A pooled connection with `sql` prepared on it, once per connection: a plain `&str`
+/// query would cost a Parse round trip every time.
+pub async fn prepared(
+    pool: &Pool,
+    sql: &str,
+) -> Result<(deadpool_postgres::Object, tokio_postgres::Statement), String> {
+    let c = pool.get().await.map_err(|e| e.to_string())?;
+    let st = c.prepare_cached(sql).await.map_err(|e| e.to_string())?;
+    Ok((c, st))
+}
+
+/// [`prepared`], then at most one row.
+pub async fn query_opt(
+    pool: &Pool,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Option<tokio_postgres::Row>, String> {
+    let (c, st) = prepared(pool, sql).await?;
+    c.query_opt(&st, params).await.map_err(|e| e.to_string())
+}
+
+/// [`prepared`], then exactly one row.
+pub async fn query_one(
+    pool: &Pool,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<tokio_postgres::Row, String> {
+    let (c, st) = prepared(pool, sql).await?;
+    c.query_one(&st, params).await.map_err(|e| e.to_string())
+}
+
+/// [`prepared`], then all rows.
+pub async fn query(
+    pool: &Pool,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Vec<tokio_postgres::Row>, String> {
+    let (c, st) = prepared(pool, sql).await?;
+    c.query(&st, params).await.map_err(|e| e.to_string())
+}
+
+/// [`prepared`], then the number of rows affected.
+pub async fn execute(pool: &Pool, sql: &str, params: Params<'_>) -> Result<u64, String> {
+    let (c, st) = prepared(pool, sql).await?;
+    c.execute(&st, params).await.map_err(|e| e.to_string())
+}

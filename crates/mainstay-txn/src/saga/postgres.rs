@@ -162,53 +162,6 @@ impl PostgresSagaLog {
             .map_err(pg_err)?;
         Ok(PostgresSagaLog { pool })
     }
-
-    // Statements are prepared once per pooled connection: a plain `&str` query would
-    // cost a Parse round trip every time.
-    async fn prepared(
-        &self,
-        sql: &str,
-    ) -> Result<(deadpool_postgres::Object, tokio_postgres::Statement), String> {
-        let c = self.pool.get().await.map_err(|e| e.to_string())?;
-        let st = c.prepare_cached(sql).await.map_err(|e| e.to_string())?;
-        Ok((c, st))
-    }
-
-    async fn q_opt(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Option<tokio_postgres::Row>, String> {
-        let (c, st) = self.prepared(sql).await?;
-        c.query_opt(&st, params).await.map_err(|e| e.to_string())
-    }
-
-    async fn q_one(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<tokio_postgres::Row, String> {
-        let (c, st) = self.prepared(sql).await?;
-        c.query_one(&st, params).await.map_err(|e| e.to_string())
-    }
-
-    async fn q_all(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<tokio_postgres::Row>, String> {
-        let (c, st) = self.prepared(sql).await?;
-        c.query(&st, params).await.map_err(|e| e.to_string())
-    }
-
-    async fn exec(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<u64, String> {
-        let (c, st) = self.prepared(sql).await?;
-        c.execute(&st, params).await.map_err(|e| e.to_string())
-    }
 }
 
 #[async_trait]
@@ -219,7 +172,8 @@ impl SagaLog for PostgresSagaLog {
 
     async fn put_definition(&self, def: &SagaDefinition) -> Result<(), TxnError> {
         let body = serde_json::to_string(def).map_err(pg_err)?;
-        self.exec(
+        mainstay_core::pg::execute(
+            &self.pool,
             "INSERT INTO mainstay_saga_definitions (name, body) VALUES ($1, $2)
                  ON CONFLICT (name) DO UPDATE SET body = EXCLUDED.body",
             &[&def.name, &body],
@@ -230,25 +184,25 @@ impl SagaLog for PostgresSagaLog {
     }
 
     async fn definition(&self, name: &str) -> Result<Option<SagaDefinition>, TxnError> {
-        let row = self
-            .q_opt(
-                "SELECT body FROM mainstay_saga_definitions WHERE name = $1",
-                &[&name],
-            )
-            .await
-            .map_err(pg_err)?;
+        let row = mainstay_core::pg::query_opt(
+            &self.pool,
+            "SELECT body FROM mainstay_saga_definitions WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .map_err(pg_err)?;
         row.map(|r| serde_json::from_str(r.get::<_, &str>(0)).map_err(corrupt))
             .transpose()
     }
 
     async fn definitions(&self) -> Result<Vec<SagaDefinition>, TxnError> {
-        let rows = self
-            .q_all(
-                "SELECT body FROM mainstay_saga_definitions ORDER BY name",
-                &[],
-            )
-            .await
-            .map_err(pg_err)?;
+        let rows = mainstay_core::pg::query(
+            &self.pool,
+            "SELECT body FROM mainstay_saga_definitions ORDER BY name",
+            &[],
+        )
+        .await
+        .map_err(pg_err)?;
         rows.iter()
             .map(|r| serde_json::from_str(r.get::<_, &str>(0)).map_err(corrupt))
             .collect()
@@ -283,48 +237,48 @@ impl SagaLog for PostgresSagaLog {
         let input = serde_json::to_string(&saga.input).map_err(pg_err)?;
         let steps = serde_json::to_string(&saga.steps).map_err(pg_err)?;
         let h = history_arrays(history)?;
-        let inserted: i64 = self
-            .q_one(
-                &sql,
-                &[
-                    &saga.id,
-                    &saga.definition.name,
-                    &definition,
-                    &saga.idempotency_key,
-                    &saga.status.as_str(),
-                    &input,
-                    &steps,
-                    &saga.error,
-                    &(saga.created_at_ms as i64),
-                    &(saga.updated_at_ms as i64),
-                    &saga.deadline_at_ms.map(|v| v as i64),
-                    &(saga.history_len as i64),
-                    &owner,
-                    &(lease_ms as i64),
-                    &h.0,
-                    &h.1,
-                    &h.2,
-                    &h.3,
-                    &h.4,
-                    &hash,
-                ],
-            )
-            .await
-            .map_err(pg_err)?
-            .get(0);
+        let inserted: i64 = mainstay_core::pg::query_one(
+            &self.pool,
+            &sql,
+            &[
+                &saga.id,
+                &saga.definition.name,
+                &definition,
+                &saga.idempotency_key,
+                &saga.status.as_str(),
+                &input,
+                &steps,
+                &saga.error,
+                &(saga.created_at_ms as i64),
+                &(saga.updated_at_ms as i64),
+                &saga.deadline_at_ms.map(|v| v as i64),
+                &(saga.history_len as i64),
+                &owner,
+                &(lease_ms as i64),
+                &h.0,
+                &h.1,
+                &h.2,
+                &h.3,
+                &h.4,
+                &hash,
+            ],
+        )
+        .await
+        .map_err(pg_err)?
+        .get(0);
         if inserted == 1 {
             return Ok(Created::New(1));
         }
-        let row = self
-            .q_one(
-                &format!(
-                    "SELECT {COLUMNS} FROM mainstay_sagas
+        let row = mainstay_core::pg::query_one(
+            &self.pool,
+            &format!(
+                "SELECT {COLUMNS} FROM mainstay_sagas
                      WHERE definition_name = $1 AND idempotency_key = $2"
-                ),
-                &[&saga.definition.name, &saga.idempotency_key],
-            )
-            .await
-            .map_err(pg_err)?;
+            ),
+            &[&saga.definition.name, &saga.idempotency_key],
+        )
+        .await
+        .map_err(pg_err)?;
         Ok(Created::Existing(Box::new(saga_row(&row)?)))
     }
 
@@ -349,27 +303,27 @@ impl SagaLog for PostgresSagaLog {
         );
         let steps = serde_json::to_string(&saga.steps).map_err(pg_err)?;
         let h = history_arrays(history)?;
-        let row = self
-            .q_opt(
-                &sql,
-                &[
-                    &saga.id,
-                    &(epoch as i64),
-                    &saga.status.as_str(),
-                    &steps,
-                    &saga.error,
-                    &(saga.updated_at_ms as i64),
-                    &(saga.history_len as i64),
-                    &saga.status.is_final(),
-                    &h.0,
-                    &h.1,
-                    &h.2,
-                    &h.3,
-                    &h.4,
-                ],
-            )
-            .await
-            .map_err(pg_err)?;
+        let row = mainstay_core::pg::query_opt(
+            &self.pool,
+            &sql,
+            &[
+                &saga.id,
+                &(epoch as i64),
+                &saga.status.as_str(),
+                &steps,
+                &saga.error,
+                &(saga.updated_at_ms as i64),
+                &(saga.history_len as i64),
+                &saga.status.is_final(),
+                &h.0,
+                &h.1,
+                &h.2,
+                &h.3,
+                &h.4,
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
         match row {
             Some(r) => Ok(r.get(0)),
             None => Err(TxnError::Fenced {
@@ -398,27 +352,27 @@ impl SagaLog for PostgresSagaLog {
         );
         let steps = serde_json::to_string(&saga.steps).map_err(pg_err)?;
         let h = history_arrays(history)?;
-        let n: i64 = self
-            .q_one(
-                &sql,
-                &[
-                    &saga.id,
-                    &expected.as_str(),
-                    &saga.status.as_str(),
-                    &steps,
-                    &saga.error,
-                    &(saga.updated_at_ms as i64),
-                    &(saga.history_len as i64),
-                    &h.0,
-                    &h.1,
-                    &h.2,
-                    &h.3,
-                    &h.4,
-                ],
-            )
-            .await
-            .map_err(pg_err)?
-            .get(0);
+        let n: i64 = mainstay_core::pg::query_one(
+            &self.pool,
+            &sql,
+            &[
+                &saga.id,
+                &expected.as_str(),
+                &saga.status.as_str(),
+                &steps,
+                &saga.error,
+                &(saga.updated_at_ms as i64),
+                &(saga.history_len as i64),
+                &h.0,
+                &h.1,
+                &h.2,
+                &h.3,
+                &h.4,
+            ],
+        )
+        .await
+        .map_err(pg_err)?
+        .get(0);
         Ok(n == 1)
     }
 
@@ -435,10 +389,10 @@ impl SagaLog for PostgresSagaLog {
                AND (owner IS NULL OR owner = $2 OR lease_until_ms <= {NOW_MS})
              RETURNING owner_epoch, {COLUMNS}"
         );
-        let row = self
-            .q_opt(&sql, &[&id, &owner, &(lease_ms as i64)])
-            .await
-            .map_err(pg_err)?;
+        let row =
+            mainstay_core::pg::query_opt(&self.pool, &sql, &[&id, &owner, &(lease_ms as i64)])
+                .await
+                .map_err(pg_err)?;
         let Some(row) = row else { return Ok(None) };
         let epoch: i64 = row.get(0);
         let saga = saga_row_at(&row, 1)?;
@@ -446,7 +400,8 @@ impl SagaLog for PostgresSagaLog {
     }
 
     async fn renew(&self, owner: &str, lease_ms: u64) -> Result<u64, TxnError> {
-        self.exec(
+        mainstay_core::pg::execute(
+            &self.pool,
             &format!("UPDATE mainstay_sagas SET lease_until_ms = {NOW_MS} + $2 WHERE owner = $1"),
             &[&owner, &(lease_ms as i64)],
         )
@@ -455,43 +410,43 @@ impl SagaLog for PostgresSagaLog {
     }
 
     async fn claimable(&self, owner: &str, limit: usize) -> Result<Vec<String>, TxnError> {
-        let rows = self
-            .q_all(
-                &format!(
-                    "SELECT id FROM mainstay_sagas
+        let rows = mainstay_core::pg::query(
+            &self.pool,
+            &format!(
+                "SELECT id FROM mainstay_sagas
                      WHERE status IN {ACTIVE}
                        AND (owner IS NULL OR owner = $1 OR lease_until_ms <= {NOW_MS})
                      ORDER BY created_at_ms LIMIT $2"
-                ),
-                &[&owner, &(limit as i64)],
-            )
-            .await
-            .map_err(pg_err)?;
+            ),
+            &[&owner, &(limit as i64)],
+        )
+        .await
+        .map_err(pg_err)?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     async fn request_abort(&self, id: &str) -> Result<bool, TxnError> {
-        let n = self
-            .exec(
-                &format!(
-                    "UPDATE mainstay_sagas SET abort_requested = true
+        let n = mainstay_core::pg::execute(
+            &self.pool,
+            &format!(
+                "UPDATE mainstay_sagas SET abort_requested = true
                      WHERE id = $1 AND status IN {ACTIVE}"
-                ),
-                &[&id],
-            )
-            .await
-            .map_err(pg_err)?;
+            ),
+            &[&id],
+        )
+        .await
+        .map_err(pg_err)?;
         Ok(n > 0)
     }
 
     async fn get(&self, id: &str) -> Result<Option<Saga>, TxnError> {
-        let row = self
-            .q_opt(
-                &format!("SELECT {COLUMNS} FROM mainstay_sagas WHERE id = $1"),
-                &[&id],
-            )
-            .await
-            .map_err(pg_err)?;
+        let row = mainstay_core::pg::query_opt(
+            &self.pool,
+            &format!("SELECT {COLUMNS} FROM mainstay_sagas WHERE id = $1"),
+            &[&id],
+        )
+        .await
+        .map_err(pg_err)?;
         row.as_ref().map(saga_row).transpose()
     }
 
@@ -500,15 +455,15 @@ impl SagaLog for PostgresSagaLog {
         status: Option<SagaStatus>,
         limit: usize,
     ) -> Result<Vec<SagaSummary>, TxnError> {
-        let rows = self
-            .q_all(
-                "SELECT id, definition_name, status, error, created_at_ms, updated_at_ms
+        let rows = mainstay_core::pg::query(
+            &self.pool,
+            "SELECT id, definition_name, status, error, created_at_ms, updated_at_ms
                  FROM mainstay_sagas WHERE ($1::text IS NULL OR status = $1)
                  ORDER BY created_at_ms DESC, id LIMIT $2",
-                &[&status.map(|s| s.as_str()), &(limit as i64)],
-            )
-            .await
-            .map_err(pg_err)?;
+            &[&status.map(|s| s.as_str()), &(limit as i64)],
+        )
+        .await
+        .map_err(pg_err)?;
         rows.iter()
             .map(|r| {
                 Ok(SagaSummary {
@@ -524,14 +479,14 @@ impl SagaLog for PostgresSagaLog {
     }
 
     async fn history(&self, id: &str, after: u64) -> Result<Vec<HistoryEntry>, TxnError> {
-        let rows = self
-            .q_all(
-                "SELECT seq, at_ms, event, step, detail FROM mainstay_saga_history
+        let rows = mainstay_core::pg::query(
+            &self.pool,
+            "SELECT seq, at_ms, event, step, detail FROM mainstay_saga_history
                  WHERE saga_id = $1 AND seq > $2 ORDER BY seq",
-                &[&id, &(after as i64)],
-            )
-            .await
-            .map_err(pg_err)?;
+            &[&id, &(after as i64)],
+        )
+        .await
+        .map_err(pg_err)?;
         rows.iter()
             .map(|r| {
                 Ok(HistoryEntry {

@@ -350,52 +350,6 @@ mod postgres {
                 .map_err(pg_err)?;
             Ok(PostgresDecisionLog { pool })
         }
-
-        // Statements are prepared once per pooled connection.
-        async fn prepared(
-            &self,
-            sql: &str,
-        ) -> Result<(deadpool_postgres::Object, tokio_postgres::Statement), String> {
-            let c = self.pool.get().await.map_err(|e| e.to_string())?;
-            let st = c.prepare_cached(sql).await.map_err(|e| e.to_string())?;
-            Ok((c, st))
-        }
-
-        async fn q_opt(
-            &self,
-            sql: &str,
-            params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-        ) -> Result<Option<tokio_postgres::Row>, String> {
-            let (c, st) = self.prepared(sql).await?;
-            c.query_opt(&st, params).await.map_err(|e| e.to_string())
-        }
-
-        async fn q_one(
-            &self,
-            sql: &str,
-            params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-        ) -> Result<tokio_postgres::Row, String> {
-            let (c, st) = self.prepared(sql).await?;
-            c.query_one(&st, params).await.map_err(|e| e.to_string())
-        }
-
-        async fn q_all(
-            &self,
-            sql: &str,
-            params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-        ) -> Result<Vec<tokio_postgres::Row>, String> {
-            let (c, st) = self.prepared(sql).await?;
-            c.query(&st, params).await.map_err(|e| e.to_string())
-        }
-
-        async fn exec(
-            &self,
-            sql: &str,
-            params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-        ) -> Result<u64, String> {
-            let (c, st) = self.prepared(sql).await?;
-            c.execute(&st, params).await.map_err(|e| e.to_string())
-        }
     }
 
     #[async_trait]
@@ -406,7 +360,8 @@ mod postgres {
 
         async fn begin(&self, tx: &TxRecord) -> Result<(), TxnError> {
             let parts = serde_json::to_string(&tx.participants).map_err(pg_err)?;
-            self.exec(
+            mainstay_core::pg::execute(
+                &self.pool,
                 "INSERT INTO mainstay_txns (id, coordinator, participants, created_at_ms)
                      VALUES ($1, $2, $3, $4)",
                 &[&tx.id, &tx.coordinator, &parts, &(tx.created_at_ms as i64)],
@@ -422,25 +377,29 @@ mod postgres {
             decision: Decision,
             reason: Option<&str>,
         ) -> Result<Decision, TxnError> {
-            let written = self.q_opt(
-                    "INSERT INTO mainstay_txns AS t (id, coordinator, participants, decision, reason,
+            let written = mainstay_core::pg::query_opt(
+                &self.pool,
+                "INSERT INTO mainstay_txns AS t (id, coordinator, participants, decision, reason,
                         created_at_ms, decided_at_ms)
                      VALUES ($1, '', '[]', $2, $3, $4, $4)
                      ON CONFLICT (id) DO UPDATE SET decision = $2, reason = $3, decided_at_ms = $4
                      WHERE t.decision IS NULL
                      RETURNING decision",
-                    &[&id, &decision.as_str(), &reason, &(now_ms() as i64)],
-                )
-                .await
-                .map_err(pg_err)?;
+                &[&id, &decision.as_str(), &reason, &(now_ms() as i64)],
+            )
+            .await
+            .map_err(pg_err)?;
             // Not written: a decision stood already; read it (a fresh statement sees it).
             let standing: Option<String> = match written {
                 Some(r) => r.get(0),
-                None => self
-                    .q_one("SELECT decision FROM mainstay_txns WHERE id = $1", &[&id])
-                    .await
-                    .map_err(pg_err)?
-                    .get(0),
+                None => mainstay_core::pg::query_one(
+                    &self.pool,
+                    "SELECT decision FROM mainstay_txns WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .map_err(pg_err)?
+                .get(0),
             };
             parse_decision(standing)
                 .map_err(pg_err)?
@@ -448,7 +407,8 @@ mod postgres {
         }
 
         async fn finish(&self, id: &str) -> Result<(), TxnError> {
-            self.exec(
+            mainstay_core::pg::execute(
+                &self.pool,
                 "UPDATE mainstay_txns SET finished = true, finished_at_ms = $2
                      WHERE id = $1 AND NOT finished",
                 &[&id, &(now_ms() as i64)],
@@ -459,29 +419,31 @@ mod postgres {
         }
 
         async fn get(&self, id: &str) -> Result<Option<TxRecord>, TxnError> {
-            let r = self
-                .q_opt(
-                    &format!("SELECT {COLUMNS} FROM mainstay_txns WHERE id = $1"),
-                    &[&id],
-                )
-                .await
-                .map_err(pg_err)?;
+            let r = mainstay_core::pg::query_opt(
+                &self.pool,
+                &format!("SELECT {COLUMNS} FROM mainstay_txns WHERE id = $1"),
+                &[&id],
+            )
+            .await
+            .map_err(pg_err)?;
             r.as_ref().map(row).transpose()
         }
 
         async fn list(&self, limit: usize) -> Result<Vec<TxRecord>, TxnError> {
-            let rows = self.q_all(
-                    &format!("SELECT {COLUMNS} FROM mainstay_txns ORDER BY created_at_ms DESC, id LIMIT $1"),
-                    &[&(limit as i64)],
-                )
-                .await
-                .map_err(pg_err)?;
+            let rows = mainstay_core::pg::query(
+                &self.pool,
+                &format!(
+                    "SELECT {COLUMNS} FROM mainstay_txns ORDER BY created_at_ms DESC, id LIMIT $1"
+                ),
+                &[&(limit as i64)],
+            )
+            .await
+            .map_err(pg_err)?;
             rows.iter().map(row).collect()
         }
 
         async fn unfinished(&self, limit: usize) -> Result<Vec<TxRecord>, TxnError> {
-            let rows = self.q_all(
-                    &format!("SELECT {COLUMNS} FROM mainstay_txns WHERE NOT finished ORDER BY created_at_ms LIMIT $1"),
+            let rows = mainstay_core::pg::query(&self.pool, &format!("SELECT {COLUMNS} FROM mainstay_txns WHERE NOT finished ORDER BY created_at_ms LIMIT $1"),
                     &[&(limit as i64)],
                 )
                 .await
