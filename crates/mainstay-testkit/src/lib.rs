@@ -28,8 +28,10 @@ pub use servers::{
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1 (bound then released; the OS does not hand it out again
-/// at once).
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound, then released). Another
+/// process may take it before the caller binds it: a server started on it must be
+/// checked to hold it ([`Process::listens_on`]), or better, bind port 0 and report the
+/// port it got (as `mainstay serve --addr-file` does).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -78,6 +78,39 @@ impl Process {
         }
     }
 
+    /// True when this process itself holds a listening TCP socket on `port` (read from
+    /// `/proc`): a server that could not bind a port another process took is told apart
+    /// from the one answering there.
+    pub fn listens_on(&self, port: u16) -> bool {
+        let pid = self.pid();
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return false;
+        };
+        let inodes: std::collections::HashSet<String> = fds
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter_map(|l| {
+                let l = l.to_string_lossy().into_owned();
+                l.strip_prefix("socket:[")
+                    .and_then(|r| r.strip_suffix(']'))
+                    .map(String::from)
+            })
+            .collect();
+        let want = format!("{port:04X}");
+        ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+            std::fs::read_to_string(table).is_ok_and(|text| {
+                text.lines().skip(1).any(|line| {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    // local_address is HEXIP:HEXPORT; st 0A is LISTEN; inode is field 9.
+                    f.len() > 9
+                        && f[3] == "0A"
+                        && f[1].rsplit(':').next() == Some(want.as_str())
+                        && inodes.contains(f[9])
+                })
+            })
+        })
+    }
+
     /// True while the child has not exited.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {

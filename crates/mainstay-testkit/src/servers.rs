@@ -2,7 +2,7 @@
 //! machine notes), and the shared servers a test run exports through the environment.
 
 use crate::process::Process;
-use crate::{free_port, unique, wait_until};
+use crate::{free_port, unique};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
@@ -32,6 +32,46 @@ fn tcp_exchange(port: u16, request: &[u8]) -> Option<String> {
         }
     }
     Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Waits until `process` listens on `port` itself and `ready` holds. Fails at once if
+/// the process exits (typically: another process took the port between [`free_port`]
+/// and the bind), so the caller can try another port.
+fn await_ready(
+    process: &mut Process,
+    what: &str,
+    port: u16,
+    mut ready: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(code) = process.try_exit_code() {
+            anyhow::bail!(
+                "{what}: the server exited ({code:?}) before it was ready (port {port} taken?)"
+            );
+        }
+        if process.listens_on(port) && ready() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "timed out after {READY_TIMEOUT:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `spawn` on fresh free ports until one start succeeds (at most 5 tries).
+fn on_free_port<T>(mut spawn: impl FnMut(u16) -> anyhow::Result<T>) -> anyhow::Result<(u16, T)> {
+    let mut last = None;
+    for _ in 0..5 {
+        let port = free_port();
+        match spawn(port) {
+            Ok(t) => return Ok((port, t)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("at least one try"))
 }
 
 fn quiet(cmd: &mut Command) -> &mut Command {
@@ -110,8 +150,7 @@ impl RedisServer {
         let dir = tempfile::Builder::new()
             .prefix("mainstay-redis")
             .tempdir()?;
-        let port = free_port();
-        let process = Self::spawn(dir.path(), port)?;
+        let (port, process) = on_free_port(|port| Self::spawn(dir.path(), port))?;
         Ok(RedisServer { process, dir, port })
     }
 
@@ -134,7 +173,8 @@ impl RedisServer {
                     .arg(dir),
             ),
         )?;
-        wait_until(READY_TIMEOUT, "redis PING", || {
+        let mut process = process;
+        await_ready(&mut process, "redis PING", port, || {
             tcp_exchange(port, b"PING\r\n").is_some_and(|r| r.starts_with("+PONG"))
         })?;
         Ok(process)
@@ -230,8 +270,7 @@ impl PostgresServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = free_port();
-        let process = Self::spawn(dir.path(), port, durable)?;
+        let (port, process) = on_free_port(|port| Self::spawn(dir.path(), port, durable))?;
         Ok(PostgresServer {
             process,
             dir,
@@ -266,9 +305,9 @@ impl PostgresServer {
         if let Some((uid, gid)) = postgres_ids() {
             cmd.uid(uid).gid(gid);
         }
-        let process = Process::spawn("postgres", quiet(&mut cmd))?;
+        let mut process = Process::spawn("postgres", quiet(&mut cmd))?;
         let isready = bin.join("pg_isready");
-        wait_until(READY_TIMEOUT, "pg_isready", || {
+        await_ready(&mut process, "pg_isready", port, || {
             Command::new(&isready)
                 .args([
                     "-h",
@@ -370,8 +409,10 @@ impl EtcdServer {
     /// Starts on free ports; waits for `/health`.
     pub fn start() -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("mainstay-etcd").tempdir()?;
-        let (port, peer_port) = (free_port(), free_port());
-        let process = Self::spawn(dir.path(), port, peer_port)?;
+        let (port, (peer_port, process)) = on_free_port(|port| {
+            let peer_port = free_port();
+            Ok((peer_port, Self::spawn(dir.path(), port, peer_port)?))
+        })?;
         Ok(EtcdServer {
             process,
             dir,
@@ -405,7 +446,8 @@ impl EtcdServer {
                     .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH),
             ),
         )?;
-        wait_until(READY_TIMEOUT, "etcd /health", || {
+        let mut process = process;
+        await_ready(&mut process, "etcd /health", port, || {
             tcp_exchange(port, b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
                 .is_some_and(|r| r.contains("\"health\":\"true\""))
         })?;
@@ -450,14 +492,15 @@ impl ZooKeeperServer {
     /// Starts on a free port; waits for `ruok` → `imok`.
     pub fn start() -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("mainstay-zk").tempdir()?;
-        let port = free_port();
-        let cfg = format!(
+        let (port, process) = on_free_port(|port| {
+            let cfg = format!(
             "tickTime=200\nminSessionTimeout=400\nmaxSessionTimeout=30000\ndataDir={}\nclientPort={port}\n\
              clientPortAddress=127.0.0.1\nadmin.enableServer=false\n4lw.commands.whitelist=*\n",
             dir.path().join("data").display()
         );
-        std::fs::write(dir.path().join("zoo.cfg"), cfg)?;
-        let process = Self::spawn(dir.path(), port)?;
+            std::fs::write(dir.path().join("zoo.cfg"), cfg)?;
+            Self::spawn(dir.path(), port)
+        })?;
         Ok(ZooKeeperServer { process, dir, port })
     }
 
@@ -472,7 +515,8 @@ impl ZooKeeperServer {
                     .arg(dir.join("zoo.cfg")),
             ),
         )?;
-        wait_until(READY_TIMEOUT, "zookeeper ruok", || {
+        let mut process = process;
+        await_ready(&mut process, "zookeeper ruok", port, || {
             tcp_exchange(port, b"ruok").is_some_and(|r| r.contains("imok"))
         })?;
         Ok(process)
@@ -521,8 +565,7 @@ impl NatsServer {
     /// Starts on a free port and waits for the server's `INFO` greeting.
     pub fn start() -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("mainstay-nats").tempdir()?;
-        let port = free_port();
-        let process = Self::spawn(dir.path(), port)?;
+        let (port, process) = on_free_port(|port| Self::spawn(dir.path(), port))?;
         Ok(NatsServer { process, dir, port })
     }
 
@@ -535,7 +578,8 @@ impl NatsServer {
                     .arg(dir.join("js")),
             ),
         )?;
-        wait_until(READY_TIMEOUT, "nats INFO", || {
+        let mut process = process;
+        await_ready(&mut process, "nats INFO", port, || {
             tcp_exchange(port, b"").is_some_and(|r| r.starts_with("INFO"))
         })?;
         Ok(process)

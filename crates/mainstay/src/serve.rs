@@ -13,6 +13,10 @@ pub(crate) struct ServeArgs {
     /// Bearer token required on /v1/* (mandatory on a non-loopback address).
     #[arg(long, env = "MAINSTAY_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Once listening, write the bound address (IP:PORT) to this file — with
+    /// `--listen 127.0.0.1:0` the OS picks a free port and this tells you which.
+    #[arg(long, env = "MAINSTAY_ADDR_FILE")]
+    addr_file: Option<std::path::PathBuf>,
 }
 
 pub(crate) async fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -63,6 +67,13 @@ pub(crate) async fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitC
         sagas.log_kind(),
         if token.is_some() { "on" } else { "off" }
     );
+    if let Some(path) = &args.addr_file {
+        // Written whole under a temporary name, then renamed: a reader never sees half.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, listener.local_addr()?.to_string())
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .with_context(|| format!("cannot write the address file {}", path.display()))?;
+    }
     let state = mainstay_server::AppState::new(locks, sagas, txns, postgres, token);
     mainstay_server::serve(listener, state, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)

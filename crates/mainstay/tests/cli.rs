@@ -26,27 +26,19 @@ fn serve_refuses_a_non_loopback_address_without_a_token() {
 #[tokio::test]
 async fn serve_with_a_token_on_a_public_address_answers_401_without_it() {
     let dir = tempfile::tempdir().unwrap();
-    let port = mainstay_testkit::free_port();
-    let mut server = mainstay_testkit::Process::spawn(
+    let (mut server, base) = crate::common::spawn_serve(
         "mainstay serve",
         mainstay(dir.path())
-            .args(["serve", "--listen", &format!("0.0.0.0:{port}")])
+            .arg("serve")
             .env("MAINSTAY_TOKEN", "tok")
             // The embedded default needs no external program (no Redis, PostgreSQL, …).
             .env("PATH", "/nonexistent")
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
+        "0.0.0.0",
     )
-    .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    .await;
     let client = reqwest::Client::new();
-    mainstay_testkit::eventually(Duration::from_secs(30), "server up", || {
-        let c = client.clone();
-        let u = format!("{base}/healthz");
-        async move { c.get(u).send().await.is_ok() }
-    })
-    .await
-    .unwrap();
     let body = serde_json::json!({"ttl_ms": 1000});
     let r = client
         .post(format!("{base}/v1/locks/x/acquire"))

@@ -47,3 +47,35 @@ pub fn sqlite_locks() -> (LockClient, tempfile::TempDir) {
     let backend = mainstay_lock::sqlite::SqliteBackend::open(dir.path().join("l.db")).unwrap();
     (LockClient::new(backend), dir)
 }
+
+/// Spawns `mainstay serve` (`cmd` carries its other arguments) listening on `ip` at a
+/// port the OS picks, and waits until it listens. The port is read back from the process
+/// (`--addr-file`), never picked beforehand: a port chosen by the test could be taken by
+/// another test's server in between, and the test would then talk to that one.
+pub async fn spawn_serve(
+    name: &str,
+    cmd: &mut Command,
+    ip: &str,
+) -> (mainstay_testkit::Process, String) {
+    let addr_file =
+        std::env::temp_dir().join(format!("{}.addr", mainstay_testkit::unique("mainstay")));
+    cmd.args(["--listen", &format!("{ip}:0"), "--addr-file"])
+        .arg(&addr_file);
+    let mut process = mainstay_testkit::Process::spawn(name, cmd).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let addr: std::net::SocketAddr = loop {
+        if let Ok(text) = std::fs::read_to_string(&addr_file) {
+            let _ = std::fs::remove_file(&addr_file);
+            break text.trim().parse().expect("an IP:PORT in the address file");
+        }
+        if let Some(code) = process.try_exit_code() {
+            panic!("{name} exited ({code:?}) before listening");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} did not listen within 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    (process, format!("http://127.0.0.1:{}", addr.port()))
+}

@@ -104,6 +104,16 @@ impl Participant {
             .collect()
     }
 
+    /// Every call received for one saga, in order.
+    pub fn calls_of(&self, saga_id: &str) -> Vec<Call> {
+        let r = self.records.lock().unwrap();
+        r.calls
+            .iter()
+            .filter(|c| c.saga_id == saga_id)
+            .cloned()
+            .collect()
+    }
+
     /// Checks that every call for `saga_id` carried the attempt-independent key, in the
     /// body and the header alike.
     pub fn check_keys(&self, saga_id: &str) {

@@ -5,9 +5,9 @@
 //! applied action compensated in reverse order — checked by the participant, which sees
 //! every call and applies one effect per idempotency key.
 
-use crate::common::mainstay;
+use crate::common::{mainstay, spawn_serve};
 use crate::participant::{expected_effects, Participant};
-use mainstay_testkit::{free_port, shared_postgres, Process};
+use mainstay_testkit::{shared_postgres, Process};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -29,34 +29,21 @@ struct Orchestrator {
 }
 
 async fn spawn(dir: &std::path::Path, log: &Log, failpoint: Option<(&str, u32)>) -> Orchestrator {
-    let port = free_port();
     let mut cmd = mainstay(dir);
-    cmd.args([
-        "serve",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--data-dir",
-    ])
-    .arg(dir.join("data"))
-    .env("MAINSTAY_NODE_ID", "crash-matrix")
-    .env("MAINSTAY_LOG", "warn")
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env("MAINSTAY_NODE_ID", "crash-matrix")
+        .env("MAINSTAY_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     if let Log::Postgres(url) = log {
         cmd.args(["--txn-backend", "postgres", "--txn-url", url]);
     }
     if let Some((name, n)) = failpoint {
         cmd.env("MAINSTAY_FAILPOINTS", format!("{name}={n}"));
     }
-    let process = Process::spawn("mainstay serve", &mut cmd).unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let health = format!("{base}/healthz");
-    mainstay_testkit::eventually(Duration::from_secs(20), "mainstay serve to listen", || {
-        let health = health.clone();
-        async move { reqwest::get(&health).await.is_ok() }
-    })
-    .await
-    .unwrap();
+    let (process, base) = spawn_serve("mainstay serve", &mut cmd, "127.0.0.1").await;
     Orchestrator { process, base }
 }
 
@@ -154,7 +141,9 @@ async fn crash_run(
         assert_eq!(
             p.effects_of(&id),
             expected_effects(STEPS, *fail_at),
-            "{run}: effects of saga {key} (fail_at {fail_at:?}, failpoint {failpoint:?})"
+            "{run}: effects of saga {key} (fail_at {fail_at:?}, failpoint {failpoint:?}); \
+             calls {:#?}; saga {saga:#}",
+            p.calls_of(&id)
         );
         p.check_keys(&id);
     }

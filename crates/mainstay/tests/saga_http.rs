@@ -2,10 +2,10 @@
 //! status, SSE transitions, operator retry and abort, bad input; and the `mainstay saga`
 //! CLI on the same log.
 
-use crate::common::mainstay;
+use crate::common::{mainstay, spawn_serve};
 use crate::participant::Participant;
 use futures::StreamExt;
-use mainstay_testkit::{free_port, Process};
+use mainstay_testkit::Process;
 use serde_json::{json, Value};
 use std::process::Stdio;
 use std::time::Duration;
@@ -18,24 +18,16 @@ struct Server {
 
 async fn server() -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let process = Process::spawn(
+    let (process, base) = spawn_serve(
         "mainstay serve",
         mainstay(dir.path())
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("serve")
             .env("MAINSTAY_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
+        "127.0.0.1",
     )
-    .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let health = format!("{base}/healthz");
-    mainstay_testkit::eventually(Duration::from_secs(20), "mainstay serve", || {
-        let h = health.clone();
-        async move { reqwest::get(&h).await.is_ok() }
-    })
-    .await
-    .unwrap();
+    .await;
     Server {
         _process: process,
         base,

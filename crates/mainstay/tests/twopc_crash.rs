@@ -4,8 +4,8 @@
 //! atomic (its row in both databases or in neither) and no prepared transaction of ours
 //! may remain for more than 10 s.
 
-use crate::common::mainstay;
-use mainstay_testkit::{free_port, HasUrl, PostgresServer, Process};
+use crate::common::{mainstay, spawn_serve};
+use mainstay_testkit::{HasUrl, PostgresServer, Process};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -26,9 +26,8 @@ async fn spawn(
     b: &str,
     failpoint: Option<&str>,
 ) -> (Process, String) {
-    let port = free_port();
     let mut cmd = mainstay(dir);
-    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+    cmd.arg("serve")
         .args([
             "--postgres-resource",
             &format!("a={a}"),
@@ -42,15 +41,7 @@ async fn spawn(
     if let Some(fp) = failpoint {
         cmd.env("MAINSTAY_FAILPOINTS", format!("{fp}=1"));
     }
-    let process = Process::spawn("mainstay serve", &mut cmd).unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let health = format!("{base}/healthz");
-    mainstay_testkit::eventually(Duration::from_secs(20), "mainstay serve", || {
-        let h = health.clone();
-        async move { reqwest::get(&h).await.is_ok() }
-    })
-    .await
-    .unwrap();
+    let (process, base) = spawn_serve("mainstay serve", &mut cmd, "127.0.0.1").await;
     (process, base)
 }
 
