@@ -14,8 +14,13 @@
 //!   by transaction id, and only transactions older than every running one are served).
 //!
 //! Versions are 0-based: a stream's first event has version 0, and a stream's version is
-//! the version of its last event. Not yet here (issue 5, in progress): subscriptions,
-//! snapshots, deletion and retention, CQRS, the HTTP API.
+//! the version of its last event.
+//!
+//! - **Subscriptions** ([`subscribe`]): catch-up then live in one loop, durable ones with
+//!   a checkpoint kept by the store; see [`subscription`] for the wake-ups and limits.
+//!
+//! Not yet here (issue 5, in progress): snapshots, deletion and retention, CQRS, the HTTP
+//! API.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
@@ -25,12 +30,14 @@ mod event;
 pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+pub mod subscription;
 
 pub use error::StoreError;
 pub use event::{
     AppendResult, Direction, EventData, ExpectedVersion, Position, ReadAllFilter, RecordedEvent,
     MAX_EVENT_BYTES,
 };
+pub use subscription::{subscribe, SubscribeOptions, Subscription, Wakeups};
 
 use async_trait::async_trait;
 
@@ -89,4 +96,13 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The stream's version (its last event's), or `None` when it has no events.
     async fn stream_version(&self, stream: &str) -> Result<Option<u64>, StoreError>;
+
+    /// Wake-ups for one subscription (see [`subscription`]).
+    async fn wakeups(&self) -> Result<Box<dyn Wakeups>, StoreError>;
+
+    /// The saved checkpoint of the durable subscription `name`.
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<Position>, StoreError>;
+
+    /// Saves the checkpoint of the durable subscription `name`.
+    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<(), StoreError>;
 }

@@ -13,12 +13,17 @@
 //! and not stream reads, which see an append as soon as it commits) until it ends.
 
 use crate::event::check_stream;
+use crate::subscription::check_name;
 use crate::{
-    Append, AppendResult, Direction, EventStore, Position, ReadAllFilter, RecordedEvent, StoreError,
+    Append, AppendResult, Direction, EventStore, Position, ReadAllFilter, RecordedEvent,
+    StoreError, Wakeups,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{Object, Pool};
 use mainstay_core::clock::now_ms;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
 use tokio_postgres::Row;
 
 const SCHEMA: &str = "
@@ -40,15 +45,183 @@ CREATE TABLE IF NOT EXISTS mainstay_events (
     PRIMARY KEY (tx, seq),
     UNIQUE (stream_id, version),
     UNIQUE (stream_id, event_id)
+);
+CREATE TABLE IF NOT EXISTS mainstay_subscriptions (
+    name          text PRIMARY KEY,
+    commit_pos    bigint NOT NULL,
+    prepare_pos   bigint NOT NULL,
+    updated_at_ms bigint NOT NULL
 );";
+
+/// The channel appenders `NOTIFY` (payload: the transaction id) and subscribers `LISTEN` on.
+pub const CHANNEL: &str = "mainstay_events";
+
+/// How often a caught-up subscription re-reads without a wake-up (a lost notification, a
+/// writer that does not notify).
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What subscribers of one store instance watch.
+#[derive(Clone, Copy, Debug, Default)]
+struct Wake {
+    /// The largest transaction id known to have committed events.
+    max_tx: u64,
+    /// Bumped when notifications may have been missed (the listener reconnected).
+    resets: u64,
+}
 
 const COLUMNS: &str = "stream_id, version, tx::text::bigint, seq, event_id, event_type, data, \
     metadata, created_at_ms";
 
-/// An event store in PostgreSQL tables (`mainstay_events`, `mainstay_streams`).
+/// An event store in PostgreSQL tables (`mainstay_events`, `mainstay_streams`,
+/// `mainstay_subscriptions`).
 #[derive(Clone)]
 pub struct PostgresEventStore {
     pool: Pool,
+    shared: Arc<Shared>,
+    poll: Duration,
+}
+
+struct Shared {
+    url: String,
+    /// Known commits (local appends and notifications): what subscribers wait on.
+    wake: Arc<watch::Sender<Wake>>,
+    /// The largest transaction id this instance committed, for the notifier task.
+    committed: Arc<watch::Sender<u64>>,
+    listening: std::sync::Once,
+    /// Dropped with the last store handle: stops the listener task.
+    _stop: watch::Sender<()>,
+    stop: watch::Receiver<()>,
+}
+
+/// Sends `NOTIFY mainstay_events, '<tx>'` for the newest local commit, one at a time:
+/// a burst of appends costs one notification, and appends never wait for it.
+async fn notifier(pool: Pool, mut committed: watch::Receiver<u64>) {
+    while committed.changed().await.is_ok() {
+        let tx = *committed.borrow_and_update();
+        let sql = format!("SELECT pg_notify('{CHANNEL}', $1)");
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match mainstay_core::pg::execute(&pool, &sql, &[&tx.to_string()]).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "event store NOTIFY failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    if committed.has_changed().unwrap_or(true) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Keeps a `LISTEN` connection open, feeding notified transaction ids to `wake`;
+/// reconnects (and signals a reset) when it drops.
+async fn listener(url: String, wake: Arc<watch::Sender<Wake>>, mut stop: watch::Receiver<()>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let session = async {
+            let (client, mut conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .map_err(pg_err)?;
+            let sql = format!("LISTEN {CHANNEL}");
+            let listen = client.batch_execute(&sql);
+            tokio::pin!(listen);
+            // The connection must be polled for LISTEN to complete.
+            loop {
+                tokio::select! {
+                    r = &mut listen => { r.map_err(pg_err)?; break; }
+                    m = std::future::poll_fn(|cx| conn.poll_message(cx)) => match m {
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Err(pg_err(e)),
+                        None => return Err(pg_err("connection closed")),
+                    }
+                }
+            }
+            // Anything committed while no one listened must be read.
+            wake.send_modify(|w| w.resets += 1);
+            loop {
+                match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                        if let Ok(tx) = n.payload().parse::<u64>() {
+                            wake.send_if_modified(|w| {
+                                let newer = tx > w.max_tx;
+                                w.max_tx = w.max_tx.max(tx);
+                                newer
+                            });
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err::<(), StoreError>(pg_err(e)),
+                    None => return Err(pg_err("connection closed")),
+                }
+            }
+        };
+        tokio::select! {
+            r = session => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "event store LISTEN connection lost; reconnecting");
+                }
+            }
+            _ = stop.changed() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// A subscriber's wake-ups: a notified commit once `$all` can serve it, a reset, or the
+/// poll interval.
+struct PgWakeups {
+    rx: watch::Receiver<Wake>,
+    pool: Pool,
+    acked_tx: u64,
+    resets: u64,
+    poll: Duration,
+}
+
+#[async_trait]
+impl Wakeups for PgWakeups {
+    async fn wait(&mut self) -> Result<(), StoreError> {
+        let mut backoff = Duration::from_millis(2);
+        loop {
+            let w = *self.rx.borrow_and_update();
+            if w.resets != self.resets {
+                self.resets = w.resets;
+                return Ok(());
+            }
+            if w.max_tx > self.acked_tx {
+                // Committed; `$all` serves it once every older transaction has ended.
+                let horizon: i64 = mainstay_core::pg::query_one(
+                    &self.pool,
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+                    &[],
+                )
+                .await
+                .map_err(pg_err)?
+                .get(0);
+                if horizon as u64 > w.max_tx {
+                    self.acked_tx = w.max_tx;
+                    return Ok(());
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(100));
+                continue;
+            }
+            match tokio::time::timeout(self.poll, self.rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    tokio::time::sleep(self.poll).await;
+                    return Ok(());
+                }
+                Err(_) => return Ok(()),
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for PostgresEventStore {
@@ -90,7 +263,29 @@ impl PostgresEventStore {
         mainstay_core::pg::ensure_schema(&pool, SCHEMA)
             .await
             .map_err(pg_err)?;
-        Ok(PostgresEventStore { pool })
+        let committed = Arc::new(watch::channel(0u64).0);
+        tokio::spawn(notifier(pool.clone(), committed.subscribe()));
+        let (stop_tx, stop) = watch::channel(());
+        Ok(PostgresEventStore {
+            pool,
+            shared: Arc::new(Shared {
+                url: url.to_string(),
+                wake: Arc::new(watch::channel(Wake::default()).0),
+                committed,
+                listening: std::sync::Once::new(),
+                _stop: stop_tx,
+                stop,
+            }),
+            poll: DEFAULT_POLL_INTERVAL,
+        })
+    }
+
+    /// How often caught-up subscriptions re-read without a wake-up (default
+    /// [`DEFAULT_POLL_INTERVAL`]): the delay before they see a commit whose notification
+    /// was lost or never sent (a writer using plain SQL).
+    pub fn with_poll_interval(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
     }
 
     async fn client(&self) -> Result<Object, StoreError> {
@@ -216,6 +411,19 @@ impl EventStore for PostgresEventStore {
             results.push(append_one(&tx, a).await?);
         }
         tx.commit().await.map_err(pg_err)?;
+        // Every event of the call has the transaction's id as its commit position.
+        if let Some(t) = results.iter().map(|r| r.last_position.commit).max() {
+            self.shared.wake.send_if_modified(|w| {
+                let newer = t > w.max_tx;
+                w.max_tx = w.max_tx.max(t);
+                newer
+            });
+            self.shared.committed.send_if_modified(|c| {
+                let newer = t > *c;
+                *c = (*c).max(t);
+                newer
+            });
+        }
         Ok(results)
     }
 
@@ -308,5 +516,59 @@ impl EventStore for PostgresEventStore {
             .map_err(pg_err)?
             .map(|r| r.get(0));
         Ok(v.filter(|v| *v >= 0).map(|v| v as u64))
+    }
+    async fn wakeups(&self) -> Result<Box<dyn Wakeups>, StoreError> {
+        let shared = &self.shared;
+        shared.listening.call_once(|| {
+            tokio::spawn(listener(
+                shared.url.clone(),
+                shared.wake.clone(),
+                shared.stop.clone(),
+            ));
+        });
+        let rx = shared.wake.subscribe();
+        let resets = rx.borrow().resets;
+        Ok(Box::new(PgWakeups {
+            rx,
+            pool: self.pool.clone(),
+            acked_tx: 0,
+            resets,
+            poll: self.poll,
+        }))
+    }
+
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<Position>, StoreError> {
+        check_name(name)?;
+        let row = mainstay_core::pg::query_opt(
+            &self.pool,
+            "SELECT commit_pos, prepare_pos FROM mainstay_subscriptions WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .map_err(pg_err)?;
+        Ok(row.map(|r| Position {
+            commit: r.get::<_, i64>(0) as u64,
+            prepare: r.get::<_, i64>(1) as u64,
+        }))
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<(), StoreError> {
+        check_name(name)?;
+        mainstay_core::pg::execute(
+            &self.pool,
+            "INSERT INTO mainstay_subscriptions (name, commit_pos, prepare_pos, updated_at_ms)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) DO UPDATE SET commit_pos = EXCLUDED.commit_pos,
+                 prepare_pos = EXCLUDED.prepare_pos, updated_at_ms = EXCLUDED.updated_at_ms",
+            &[
+                &name,
+                &(position.commit.min(i64::MAX as u64) as i64),
+                &(position.prepare.min(i64::MAX as u64) as i64),
+                &(now_ms() as i64),
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
+        Ok(())
     }
 }

@@ -7,8 +7,10 @@
 //! survives power loss. Not for several hosts (don't put the file on NFS).
 
 use crate::event::check_stream;
+use crate::subscription::check_name;
 use crate::{
-    Append, AppendResult, Direction, EventStore, Position, ReadAllFilter, RecordedEvent, StoreError,
+    Append, AppendResult, Direction, EventStore, Position, ReadAllFilter, RecordedEvent,
+    StoreError, Wakeups,
 };
 use async_trait::async_trait;
 use mainstay_core::clock::now_ms;
@@ -16,6 +18,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::watch;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS mainstay_streams (
@@ -33,7 +36,17 @@ CREATE TABLE IF NOT EXISTS mainstay_events (
     created_at_ms INTEGER NOT NULL,
     UNIQUE (stream_id, version),
     UNIQUE (stream_id, event_id)
+);
+CREATE TABLE IF NOT EXISTS mainstay_subscriptions (
+    name          TEXT PRIMARY KEY,
+    commit_pos    INTEGER NOT NULL,
+    prepare_pos   INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
 );";
+
+/// How often a caught-up subscription re-reads without a wake-up (appends by other
+/// processes sharing the file).
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 const COLUMNS: &str =
     "stream_id, version, position, event_id, event_type, data, metadata, created_at_ms";
@@ -42,6 +55,27 @@ const COLUMNS: &str =
 #[derive(Clone, Debug)]
 pub struct SqliteEventStore {
     conn: Arc<Mutex<Connection>>,
+    /// Bumped after every append this instance commits: wakes its subscribers.
+    appended: Arc<watch::Sender<u64>>,
+    poll: Duration,
+}
+
+/// A subscriber's wake-ups: this instance's appends, or the poll interval.
+struct SqliteWakeups {
+    rx: watch::Receiver<u64>,
+    poll: Duration,
+}
+
+#[async_trait]
+impl Wakeups for SqliteWakeups {
+    async fn wait(&mut self) -> Result<(), StoreError> {
+        match tokio::time::timeout(self.poll, self.rx.changed()).await {
+            Ok(Ok(())) | Err(_) => {}
+            // Every store handle is gone; only polling is left.
+            Ok(Err(_)) => tokio::time::sleep(self.poll).await,
+        }
+        Ok(())
+    }
 }
 
 /// Why an append inside the transaction stopped.
@@ -105,7 +139,17 @@ impl SqliteEventStore {
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         Ok(SqliteEventStore {
             conn: Arc::new(Mutex::new(conn)),
+            appended: Arc::new(watch::channel(0).0),
+            poll: DEFAULT_POLL_INTERVAL,
         })
+    }
+
+    /// How often caught-up subscriptions re-read without a wake-up (default
+    /// [`DEFAULT_POLL_INTERVAL`]): the delay before they see appends made by another
+    /// process. Appends through this instance (or its clones) wake them at once.
+    pub fn with_poll_interval(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
     }
 
     async fn with<T: Send + 'static>(
@@ -239,24 +283,27 @@ fn already_appended(
 impl EventStore for SqliteEventStore {
     async fn append_many(&self, appends: Vec<Append>) -> Result<Vec<AppendResult>, StoreError> {
         crate::event::validate_appends(&appends)?;
-        self.with(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_err)?;
-            let now = now_ms() as i64;
-            let mut results = Vec::with_capacity(appends.len());
-            for a in &appends {
-                match append_one(&tx, a, now) {
-                    Ok(r) => results.push(r),
-                    // Dropping `tx` rolls back every append of the call.
-                    Err(Refused::Store(e)) => return Err(e),
-                    Err(Refused::Db(e)) => return Err(db_err(e)),
+        let results = self
+            .with(move |c| {
+                let tx = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(db_err)?;
+                let now = now_ms() as i64;
+                let mut results = Vec::with_capacity(appends.len());
+                for a in &appends {
+                    match append_one(&tx, a, now) {
+                        Ok(r) => results.push(r),
+                        // Dropping `tx` rolls back every append of the call.
+                        Err(Refused::Store(e)) => return Err(e),
+                        Err(Refused::Db(e)) => return Err(db_err(e)),
+                    }
                 }
-            }
-            tx.commit().map_err(db_err)?;
-            Ok(results)
-        })
-        .await
+                tx.commit().map_err(db_err)?;
+                Ok(results)
+            })
+            .await?;
+        self.appended.send_modify(|n| *n += 1);
+        Ok(results)
     }
 
     async fn read_stream(
@@ -345,6 +392,58 @@ impl EventStore for SqliteEventStore {
                 })
                 .map(|v| v.map(|v| v as u64))
                 .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn wakeups(&self) -> Result<Box<dyn Wakeups>, StoreError> {
+        Ok(Box::new(SqliteWakeups {
+            rx: self.appended.subscribe(),
+            poll: self.poll,
+        }))
+    }
+
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<Position>, StoreError> {
+        check_name(name)?;
+        let name = name.to_string();
+        self.with(move |c| {
+            c.prepare_cached(
+                "SELECT commit_pos, prepare_pos FROM mainstay_subscriptions WHERE name = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![name], |r| {
+                    Ok(Position {
+                        commit: r.get::<_, i64>(0)? as u64,
+                        prepare: r.get::<_, i64>(1)? as u64,
+                    })
+                })
+                .optional()
+            })
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<(), StoreError> {
+        check_name(name)?;
+        let name = name.to_string();
+        self.with(move |c| {
+            c.prepare_cached(
+                "INSERT INTO mainstay_subscriptions (name, commit_pos, prepare_pos, updated_at_ms)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO UPDATE SET commit_pos = excluded.commit_pos,
+                     prepare_pos = excluded.prepare_pos, updated_at_ms = excluded.updated_at_ms",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    name,
+                    position.commit.min(i64::MAX as u64) as i64,
+                    position.prepare.min(i64::MAX as u64) as i64,
+                    now_ms() as i64
+                ])
+            })
+            .map(|_| ())
+            .map_err(db_err)
         })
         .await
     }
