@@ -28,6 +28,9 @@ pub enum StoreError {
     /// The stream has no events.
     #[error("stream {0:?} not found")]
     StreamNotFound(String),
+    /// The stream was hard-deleted: its name can never be used again.
+    #[error("stream {0:?} is deleted (tombstoned)")]
+    StreamDeleted(String),
     /// A field of the input is wrong.
     #[error("invalid {field}: {message}")]
     InvalidArgument {

@@ -226,6 +226,25 @@ pub(crate) fn check_stream(name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A snapshot's version fits the engines, its data is at most [`MAX_EVENT_BYTES`];
+/// returns the serialized data.
+pub(crate) fn check_snapshot(version: u64, data: &Value) -> Result<String, StoreError> {
+    if version > i64::MAX as u64 {
+        return Err(StoreError::invalid("version", "out of range"));
+    }
+    let body = data.to_string();
+    if body.len() > MAX_EVENT_BYTES {
+        return Err(StoreError::invalid(
+            "data",
+            format!(
+                "snapshot is {} bytes, more than {MAX_EVENT_BYTES}",
+                body.len()
+            ),
+        ));
+    }
+    Ok(body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

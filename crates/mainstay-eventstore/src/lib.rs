@@ -19,13 +19,21 @@
 //! - **Subscriptions** ([`subscribe`]): catch-up then live in one loop, durable ones with
 //!   a checkpoint kept by the store; see [`subscription`] for the wake-ups and limits.
 //!
-//! Not yet here (issue 5, in progress): snapshots, deletion and retention, CQRS, the HTTP
-//! API.
+//! - **Retention and deletion** ([`StreamMetadata`], [`DeleteMode`]): max count, max age
+//!   and truncate-before hide events from stream reads at once; a soft delete makes the
+//!   stream read as not found until an append revives it (versions continue); a hard
+//!   delete removes the events now and tombstones the name. Hidden events stay in `$all`
+//!   until [`EventStore::scavenge`] removes them — so a subscriber may still see events a
+//!   stream read no longer shows, and an idempotent retry of a scavenged batch appends it
+//!   again.
+//! - **Snapshots** (latest per stream, never replaced by an older version) and
+//!   **correlation / causation ids** in the metadata ([`EventData::caused_by`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
 mod error;
 mod event;
+mod meta;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]
@@ -37,6 +45,7 @@ pub use event::{
     AppendResult, Direction, EventData, ExpectedVersion, Position, ReadAllFilter, RecordedEvent,
     MAX_EVENT_BYTES,
 };
+pub use meta::{DeleteMode, Snapshot, StreamMetadata, CAUSATION_ID, CORRELATION_ID};
 pub use subscription::{subscribe, SubscribeOptions, Subscription, Wakeups};
 
 use async_trait::async_trait;
@@ -105,4 +114,39 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Saves the checkpoint of the durable subscription `name`.
     async fn save_checkpoint(&self, name: &str, position: Position) -> Result<(), StoreError>;
+
+    /// The stream's metadata (the default when none was set).
+    async fn stream_metadata(&self, stream: &str) -> Result<StreamMetadata, StoreError>;
+
+    /// Replaces the stream's metadata (the stream need not have events yet).
+    async fn set_stream_metadata(
+        &self,
+        stream: &str,
+        metadata: StreamMetadata,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes the stream if it matches `expected` (see [`DeleteMode`]). A stream without
+    /// events is [`StoreError::StreamNotFound`] for a soft delete; a hard delete
+    /// tombstones the name whatever it holds.
+    async fn delete_stream(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        mode: DeleteMode,
+    ) -> Result<(), StoreError>;
+
+    /// Removes from storage (and `$all`) the events that retention or a soft delete
+    /// hides; returns how many.
+    async fn scavenge(&self) -> Result<u64, StoreError>;
+
+    /// Saves the state of the stream's aggregate at `version`, replacing an older one.
+    async fn save_snapshot(
+        &self,
+        stream: &str,
+        version: u64,
+        data: serde_json::Value,
+    ) -> Result<(), StoreError>;
+
+    /// The stream's latest snapshot.
+    async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError>;
 }

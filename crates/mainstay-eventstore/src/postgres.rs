@@ -12,11 +12,11 @@
 //! long-running transaction anywhere in the cluster holds `$all` readers (not writers,
 //! and not stream reads, which see an append as soon as it commits) until it ends.
 
-use crate::event::check_stream;
+use crate::event::{check_snapshot, check_stream};
 use crate::subscription::check_name;
 use crate::{
-    Append, AppendResult, Direction, EventStore, Position, ReadAllFilter, RecordedEvent,
-    StoreError, Wakeups,
+    Append, AppendResult, DeleteMode, Direction, EventStore, ExpectedVersion, Position,
+    ReadAllFilter, RecordedEvent, Snapshot, StoreError, StreamMetadata, Wakeups,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{Object, Pool};
@@ -29,8 +29,19 @@ use tokio_postgres::Row;
 const SCHEMA: &str = "
 CREATE SEQUENCE IF NOT EXISTS mainstay_event_seq;
 CREATE TABLE IF NOT EXISTS mainstay_streams (
-    stream_id text PRIMARY KEY,
-    version   bigint NOT NULL
+    stream_id       text PRIMARY KEY,
+    version         bigint NOT NULL,
+    state           smallint NOT NULL DEFAULT 0,
+    truncate_before bigint,
+    max_count       bigint,
+    max_age_ms      bigint,
+    custom          text
+);
+CREATE TABLE IF NOT EXISTS mainstay_snapshots (
+    stream_id     text PRIMARY KEY,
+    version       bigint NOT NULL,
+    data          text NOT NULL,
+    created_at_ms bigint NOT NULL
 );
 CREATE TABLE IF NOT EXISTS mainstay_events (
     tx            xid8   NOT NULL DEFAULT pg_current_xact_id(),
@@ -291,9 +302,60 @@ impl PostgresEventStore {
     async fn client(&self) -> Result<Object, StoreError> {
         self.pool.get().await.map_err(pg_err)
     }
+
+    async fn stream_row(&self, stream: &str) -> Result<Option<StreamRow>, StoreError> {
+        Ok(
+            mainstay_core::pg::query_opt(&self.pool, STREAM_ROW, &[&stream])
+                .await
+                .map_err(pg_err)?
+                .map(|r| StreamRow::from_row(&r)),
+        )
+    }
 }
 
-/// One append inside the transaction; `Err(Ok(e))` is a refusal, `Err(Err(e))` a failure.
+const SOFT_DELETED: i16 = 1;
+const TOMBSTONED: i16 = 2;
+
+const STREAM_ROW: &str = "SELECT version, state, truncate_before, max_count, max_age_ms, custom
+    FROM mainstay_streams WHERE stream_id = $1";
+
+/// A stream's row: its last version ever (`None`: no events yet), its state, metadata.
+struct StreamRow {
+    last: Option<u64>,
+    state: i16,
+    meta: StreamMetadata,
+}
+
+impl StreamRow {
+    fn from_row(r: &Row) -> Self {
+        StreamRow {
+            last: Some(r.get::<_, i64>(0))
+                .filter(|v| *v >= 0)
+                .map(|v| v as u64),
+            state: r.get(1),
+            meta: StreamMetadata {
+                truncate_before: r.get::<_, Option<i64>>(2).map(|v| v as u64),
+                max_count: r.get::<_, Option<i64>>(3).map(|v| v as u64),
+                max_age_ms: r.get::<_, Option<i64>>(4).map(|v| v as u64),
+                custom: r
+                    .get::<_, Option<&str>>(5)
+                    .and_then(|c| serde_json::from_str(c).ok())
+                    .unwrap_or_default(),
+            },
+        }
+    }
+
+    /// The version expected-version checks see: none once soft-deleted.
+    fn actual(&self) -> Option<u64> {
+        if self.state == SOFT_DELETED {
+            None
+        } else {
+            self.last
+        }
+    }
+}
+
+/// One append inside the transaction.
 async fn append_one(
     tx: &deadpool_postgres::Transaction<'_>,
     a: &Append,
@@ -305,15 +367,15 @@ async fn append_one(
     )
     .await
     .map_err(pg_err)?;
-    let version: i64 = tx
-        .query_one(
-            "SELECT version FROM mainstay_streams WHERE stream_id = $1 FOR UPDATE",
-            &[&a.stream],
-        )
-        .await
-        .map_err(pg_err)?
-        .get(0);
-    let actual = (version >= 0).then_some(version as u64);
+    let row = StreamRow::from_row(
+        &tx.query_one(&format!("{STREAM_ROW} FOR UPDATE"), &[&a.stream])
+            .await
+            .map_err(pg_err)?,
+    );
+    if row.state == TOMBSTONED {
+        return Err(StoreError::StreamDeleted(a.stream.clone()));
+    }
+    let actual = row.actual();
     let ids: Vec<&str> = a.events.iter().map(|e| e.id.as_str()).collect();
     let found = tx
         .query(
@@ -359,7 +421,8 @@ async fn append_one(
             actual,
         });
     }
-    let first_version = actual.map_or(0, |v| v + 1) as i64;
+    // After a soft delete, versions continue after the old ones.
+    let first_version = row.last.map_or(0, |v| v + 1) as i64;
     let n = a.events.len();
     let versions: Vec<i64> = (0..n as i64).map(|i| first_version + i).collect();
     let types: Vec<&str> = a.events.iter().map(|e| e.event_type.as_str()).collect();
@@ -379,7 +442,7 @@ async fn append_one(
         .map_err(pg_err)?;
     let last_version = first_version + n as i64 - 1;
     tx.execute(
-        "UPDATE mainstay_streams SET version = $2 WHERE stream_id = $1",
+        "UPDATE mainstay_streams SET version = $2, state = 0 WHERE stream_id = $1",
         &[&a.stream, &last_version],
     )
     .await
@@ -436,24 +499,29 @@ impl EventStore for PostgresEventStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         check_stream(stream)?;
         let client = self.client().await?;
-        let version: Option<i64> = client
-            .query_opt(
-                "SELECT version FROM mainstay_streams WHERE stream_id = $1",
-                &[&stream],
-            )
+        let row = client
+            .query_opt(STREAM_ROW, &[&stream])
             .await
             .map_err(pg_err)?
-            .map(|r| r.get(0));
-        if !matches!(version, Some(v) if v >= 0) {
-            return Err(StoreError::StreamNotFound(stream.to_string()));
-        }
+            .map(|r| StreamRow::from_row(&r));
+        let row = match row {
+            Some(r) if r.state == TOMBSTONED => {
+                return Err(StoreError::StreamDeleted(stream.to_string()))
+            }
+            Some(r) if r.actual().is_some() => r,
+            _ => return Err(StoreError::StreamNotFound(stream.to_string())),
+        };
+        let first = row.meta.first_visible(row.last.unwrap_or(0)) as i64;
+        let cutoff = row.meta.max_age_ms.map(|age| now_ms() as i64 - age as i64);
         let sql = match direction {
             Direction::Forward => format!(
                 "SELECT {COLUMNS} FROM mainstay_events WHERE stream_id = $1 AND version >= $2
+                 AND version >= $4 AND ($5::bigint IS NULL OR created_at_ms >= $5)
                  ORDER BY version LIMIT $3"
             ),
             Direction::Backward => format!(
                 "SELECT {COLUMNS} FROM mainstay_events WHERE stream_id = $1 AND version <= $2
+                 AND version >= $4 AND ($5::bigint IS NULL OR created_at_ms >= $5)
                  ORDER BY version DESC LIMIT $3"
             ),
         };
@@ -464,6 +532,8 @@ impl EventStore for PostgresEventStore {
                     &stream,
                     &(from.min(i64::MAX as u64) as i64),
                     &(max.min(i64::MAX as usize) as i64),
+                    &first,
+                    &cutoff,
                 ],
             )
             .await
@@ -505,18 +575,179 @@ impl EventStore for PostgresEventStore {
 
     async fn stream_version(&self, stream: &str) -> Result<Option<u64>, StoreError> {
         check_stream(stream)?;
-        let v: Option<i64> = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT version FROM mainstay_streams WHERE stream_id = $1",
-                &[&stream],
-            )
-            .await
-            .map_err(pg_err)?
-            .map(|r| r.get(0));
-        Ok(v.filter(|v| *v >= 0).map(|v| v as u64))
+        match self.stream_row(stream).await? {
+            Some(r) if r.state == TOMBSTONED => Err(StoreError::StreamDeleted(stream.to_string())),
+            r => Ok(r.and_then(|r| r.actual())),
+        }
     }
+
+    async fn stream_metadata(&self, stream: &str) -> Result<StreamMetadata, StoreError> {
+        check_stream(stream)?;
+        Ok(self
+            .stream_row(stream)
+            .await?
+            .map(|r| r.meta)
+            .unwrap_or_default())
+    }
+
+    async fn set_stream_metadata(
+        &self,
+        stream: &str,
+        metadata: StreamMetadata,
+    ) -> Result<(), StoreError> {
+        check_stream(stream)?;
+        metadata.validate()?;
+        let custom = (!metadata.custom.is_null()).then(|| metadata.custom.to_string());
+        let updated = mainstay_core::pg::query_opt(
+            &self.pool,
+            "INSERT INTO mainstay_streams
+                 (stream_id, version, truncate_before, max_count, max_age_ms, custom)
+             VALUES ($1, -1, $2, $3, $4, $5)
+             ON CONFLICT (stream_id) DO UPDATE SET truncate_before = EXCLUDED.truncate_before,
+                 max_count = EXCLUDED.max_count, max_age_ms = EXCLUDED.max_age_ms,
+                 custom = EXCLUDED.custom
+             WHERE mainstay_streams.state <> 2
+             RETURNING 1",
+            &[
+                &stream,
+                &metadata.truncate_before.map(|v| v as i64),
+                &metadata.max_count.map(|v| v as i64),
+                &metadata.max_age_ms.map(|v| v as i64),
+                &custom,
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
+        match updated {
+            Some(_) => Ok(()),
+            None => Err(StoreError::StreamDeleted(stream.to_string())),
+        }
+    }
+
+    async fn delete_stream(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        mode: DeleteMode,
+    ) -> Result<(), StoreError> {
+        check_stream(stream)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO mainstay_streams (stream_id, version) VALUES ($1, -1) ON CONFLICT DO NOTHING",
+            &[&stream],
+        )
+        .await
+        .map_err(pg_err)?;
+        let row = StreamRow::from_row(
+            &tx.query_one(&format!("{STREAM_ROW} FOR UPDATE"), &[&stream])
+                .await
+                .map_err(pg_err)?,
+        );
+        if row.state == TOMBSTONED {
+            return Err(StoreError::StreamDeleted(stream.to_string()));
+        }
+        let actual = row.actual();
+        if !expected.matches(actual) {
+            return Err(StoreError::WrongExpectedVersion {
+                stream: stream.to_string(),
+                expected,
+                actual,
+            });
+        }
+        match mode {
+            DeleteMode::Soft => {
+                let Some(v) = actual else {
+                    // Dropping `tx` rolls back the placeholder row.
+                    return Err(StoreError::StreamNotFound(stream.to_string()));
+                };
+                tx.execute(
+                    "UPDATE mainstay_streams SET state = 1, truncate_before = $2 WHERE stream_id = $1",
+                    &[&stream, &(v as i64 + 1)],
+                )
+                .await
+                .map_err(pg_err)?;
+            }
+            DeleteMode::Hard => {
+                tx.execute(
+                    "DELETE FROM mainstay_events WHERE stream_id = $1",
+                    &[&stream],
+                )
+                .await
+                .map_err(pg_err)?;
+                tx.execute(
+                    "UPDATE mainstay_streams SET state = 2 WHERE stream_id = $1",
+                    &[&stream],
+                )
+                .await
+                .map_err(pg_err)?;
+            }
+        }
+        tx.execute(
+            "DELETE FROM mainstay_snapshots WHERE stream_id = $1",
+            &[&stream],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)
+    }
+
+    async fn scavenge(&self) -> Result<u64, StoreError> {
+        mainstay_core::pg::execute(
+            &self.pool,
+            "DELETE FROM mainstay_events e USING mainstay_streams s
+             WHERE s.stream_id = e.stream_id
+               AND ((s.truncate_before IS NOT NULL AND e.version < s.truncate_before)
+                 OR (s.max_count IS NOT NULL AND e.version <= s.version - s.max_count)
+                 OR (s.max_age_ms IS NOT NULL AND e.created_at_ms < $1 - s.max_age_ms))",
+            &[&(now_ms() as i64)],
+        )
+        .await
+        .map_err(pg_err)
+    }
+
+    async fn save_snapshot(
+        &self,
+        stream: &str,
+        version: u64,
+        data: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        check_stream(stream)?;
+        let body = check_snapshot(version, &data)?;
+        mainstay_core::pg::execute(
+            &self.pool,
+            "INSERT INTO mainstay_snapshots (stream_id, version, data, created_at_ms)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (stream_id) DO UPDATE SET version = EXCLUDED.version,
+                 data = EXCLUDED.data, created_at_ms = EXCLUDED.created_at_ms
+             WHERE EXCLUDED.version >= mainstay_snapshots.version",
+            &[&stream, &(version as i64), &body, &(now_ms() as i64)],
+        )
+        .await
+        .map_err(pg_err)?;
+        Ok(())
+    }
+
+    async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
+        check_stream(stream)?;
+        let row = mainstay_core::pg::query_opt(
+            &self.pool,
+            "SELECT version, data, created_at_ms FROM mainstay_snapshots WHERE stream_id = $1",
+            &[&stream],
+        )
+        .await
+        .map_err(pg_err)?;
+        row.map(|r| {
+            Ok(Snapshot {
+                stream: stream.to_string(),
+                version: r.get::<_, i64>(0) as u64,
+                data: serde_json::from_str(r.get::<_, &str>(1)).map_err(pg_err)?,
+                created_at_ms: r.get::<_, i64>(2) as u64,
+            })
+        })
+        .transpose()
+    }
+
     async fn wakeups(&self) -> Result<Box<dyn Wakeups>, StoreError> {
         let shared = &self.shared;
         shared.listening.call_once(|| {

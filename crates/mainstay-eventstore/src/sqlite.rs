@@ -6,11 +6,11 @@
 //! gap a reader could skip. WAL mode with `synchronous=FULL`: an acknowledged append
 //! survives power loss. Not for several hosts (don't put the file on NFS).
 
-use crate::event::check_stream;
+use crate::event::{check_snapshot, check_stream};
 use crate::subscription::check_name;
 use crate::{
-    Append, AppendResult, Direction, EventStore, Position, ReadAllFilter, RecordedEvent,
-    StoreError, Wakeups,
+    Append, AppendResult, DeleteMode, Direction, EventStore, ExpectedVersion, Position,
+    ReadAllFilter, RecordedEvent, Snapshot, StoreError, StreamMetadata, Wakeups,
 };
 use async_trait::async_trait;
 use mainstay_core::clock::now_ms;
@@ -22,8 +22,19 @@ use tokio::sync::watch;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS mainstay_streams (
-    stream_id TEXT PRIMARY KEY,
-    version   INTEGER NOT NULL
+    stream_id       TEXT PRIMARY KEY,
+    version         INTEGER NOT NULL,
+    state           INTEGER NOT NULL DEFAULT 0,
+    truncate_before INTEGER,
+    max_count       INTEGER,
+    max_age_ms      INTEGER,
+    custom          TEXT
+);
+CREATE TABLE IF NOT EXISTS mainstay_snapshots (
+    stream_id     TEXT PRIMARY KEY,
+    version       INTEGER NOT NULL,
+    data          TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS mainstay_events (
     position      INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -166,13 +177,69 @@ impl SqliteEventStore {
     }
 }
 
+/// A stream's row: its last version ever (`None`: no events yet), its state, metadata.
+struct StreamRow {
+    last: Option<u64>,
+    state: i64,
+    meta: StreamMetadata,
+}
+
+impl StreamRow {
+    /// The version expected-version checks see: none once soft-deleted.
+    fn actual(&self) -> Option<u64> {
+        if self.state == SOFT_DELETED {
+            None
+        } else {
+            self.last
+        }
+    }
+}
+
+const SOFT_DELETED: i64 = 1;
+const TOMBSTONED: i64 = 2;
+
+fn stream_row(c: &Connection, stream: &str) -> rusqlite::Result<Option<StreamRow>> {
+    c.prepare_cached(
+        "SELECT version, state, truncate_before, max_count, max_age_ms, custom
+         FROM mainstay_streams WHERE stream_id = ?1",
+    )?
+    .query_row(params![stream], |r| {
+        let custom: Option<String> = r.get(5)?;
+        Ok(StreamRow {
+            last: Some(r.get::<_, i64>(0)?)
+                .filter(|v| *v >= 0)
+                .map(|v| v as u64),
+            state: r.get(1)?,
+            meta: StreamMetadata {
+                truncate_before: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
+                max_count: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+                max_age_ms: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+                custom: custom
+                    .and_then(|c| serde_json::from_str(&c).ok())
+                    .unwrap_or_default(),
+            },
+        })
+    })
+    .optional()
+}
+
+/// The row of a stream that has readable events: not found / deleted otherwise.
+fn readable(c: &Connection, stream: &str) -> Result<StreamRow, StoreError> {
+    match stream_row(c, stream).map_err(db_err)? {
+        Some(row) if row.state == TOMBSTONED => Err(StoreError::StreamDeleted(stream.into())),
+        Some(row) if row.actual().is_some() => Ok(row),
+        _ => Err(StoreError::StreamNotFound(stream.into())),
+    }
+}
+
 /// One append inside the write transaction.
 fn append_one(tx: &Connection, a: &Append, now: i64) -> Result<AppendResult, Refused> {
-    let actual: Option<u64> = tx
-        .prepare_cached("SELECT version FROM mainstay_streams WHERE stream_id = ?1")?
-        .query_row(params![a.stream], |r| r.get::<_, i64>(0))
-        .optional()?
-        .map(|v| v as u64);
+    let row = stream_row(tx, &a.stream)?;
+    if row.as_ref().is_some_and(|r| r.state == TOMBSTONED) {
+        return Err(Refused::Store(StoreError::StreamDeleted(a.stream.clone())));
+    }
+    let last = row.as_ref().and_then(|r| r.last);
+    let actual = row.as_ref().and_then(StreamRow::actual);
     if let Some(result) = already_appended(tx, a, actual)? {
         return Ok(result);
     }
@@ -183,7 +250,8 @@ fn append_one(tx: &Connection, a: &Append, now: i64) -> Result<AppendResult, Ref
             actual,
         }));
     }
-    let first_version = actual.map_or(0, |v| v + 1);
+    // After a soft delete, versions continue after the old ones.
+    let first_version = last.map_or(0, |v| v + 1);
     let mut insert = tx.prepare_cached(
         "INSERT INTO mainstay_events (stream_id, version, event_id, event_type, data, metadata, created_at_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -207,7 +275,7 @@ fn append_one(tx: &Connection, a: &Append, now: i64) -> Result<AppendResult, Ref
     let version = first_version + a.events.len() as u64 - 1;
     tx.prepare_cached(
         "INSERT INTO mainstay_streams (stream_id, version) VALUES (?1, ?2)
-         ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version",
+         ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, state = 0",
     )?
     .execute(params![a.stream, version as i64])?;
     Ok(AppendResult {
@@ -316,20 +384,18 @@ impl EventStore for SqliteEventStore {
         check_stream(stream)?;
         let stream = stream.to_string();
         self.with(move |c| {
-            let exists = c
-                .prepare_cached("SELECT 1 FROM mainstay_streams WHERE stream_id = ?1")
-                .and_then(|mut s| s.exists(params![stream]))
-                .map_err(db_err)?;
-            if !exists {
-                return Err(StoreError::StreamNotFound(stream));
-            }
+            let row = readable(c, &stream)?;
+            let first = row.meta.first_visible(row.last.unwrap_or(0)) as i64;
+            let cutoff = row.meta.max_age_ms.map(|age| now_ms() as i64 - age as i64);
             let sql = match direction {
                 Direction::Forward => format!(
                     "SELECT {COLUMNS} FROM mainstay_events WHERE stream_id = ?1 AND version >= ?2
+                     AND version >= ?4 AND (?5 IS NULL OR created_at_ms >= ?5)
                      ORDER BY version LIMIT ?3"
                 ),
                 Direction::Backward => format!(
                     "SELECT {COLUMNS} FROM mainstay_events WHERE stream_id = ?1 AND version <= ?2
+                     AND version >= ?4 AND (?5 IS NULL OR created_at_ms >= ?5)
                      ORDER BY version DESC LIMIT ?3"
                 ),
             };
@@ -337,7 +403,13 @@ impl EventStore for SqliteEventStore {
             c.prepare_cached(&sql)
                 .and_then(|mut s| {
                     s.query_map(
-                        params![stream, from, max.min(i64::MAX as usize) as i64],
+                        params![
+                            stream,
+                            from,
+                            max.min(i64::MAX as usize) as i64,
+                            first,
+                            cutoff
+                        ],
                         event_row,
                     )?
                     .collect()
@@ -384,14 +456,193 @@ impl EventStore for SqliteEventStore {
     async fn stream_version(&self, stream: &str) -> Result<Option<u64>, StoreError> {
         check_stream(stream)?;
         let stream = stream.to_string();
+        self.with(move |c| match stream_row(c, &stream).map_err(db_err)? {
+            Some(row) if row.state == TOMBSTONED => Err(StoreError::StreamDeleted(stream)),
+            row => Ok(row.and_then(|r| r.actual())),
+        })
+        .await
+    }
+
+    async fn stream_metadata(&self, stream: &str) -> Result<StreamMetadata, StoreError> {
+        check_stream(stream)?;
+        let stream = stream.to_string();
         self.with(move |c| {
-            c.prepare_cached("SELECT version FROM mainstay_streams WHERE stream_id = ?1")
-                .and_then(|mut s| {
-                    s.query_row(params![stream], |r| r.get::<_, i64>(0))
-                        .optional()
+            Ok(stream_row(c, &stream)
+                .map_err(db_err)?
+                .map(|r| r.meta)
+                .unwrap_or_default())
+        })
+        .await
+    }
+
+    async fn set_stream_metadata(
+        &self,
+        stream: &str,
+        metadata: StreamMetadata,
+    ) -> Result<(), StoreError> {
+        check_stream(stream)?;
+        metadata.validate()?;
+        let stream = stream.to_string();
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            if stream_row(&tx, &stream)
+                .map_err(db_err)?
+                .is_some_and(|r| r.state == TOMBSTONED)
+            {
+                return Err(StoreError::StreamDeleted(stream));
+            }
+            let custom = (!metadata.custom.is_null()).then(|| metadata.custom.to_string());
+            tx.execute(
+                "INSERT INTO mainstay_streams
+                     (stream_id, version, truncate_before, max_count, max_age_ms, custom)
+                 VALUES (?1, -1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (stream_id) DO UPDATE SET truncate_before = excluded.truncate_before,
+                     max_count = excluded.max_count, max_age_ms = excluded.max_age_ms,
+                     custom = excluded.custom",
+                params![
+                    stream,
+                    metadata.truncate_before.map(|v| v as i64),
+                    metadata.max_count.map(|v| v as i64),
+                    metadata.max_age_ms.map(|v| v as i64),
+                    custom
+                ],
+            )
+            .map_err(db_err)?;
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn delete_stream(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        mode: DeleteMode,
+    ) -> Result<(), StoreError> {
+        check_stream(stream)?;
+        let stream = stream.to_string();
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let row = stream_row(&tx, &stream).map_err(db_err)?;
+            if row.as_ref().is_some_and(|r| r.state == TOMBSTONED) {
+                return Err(StoreError::StreamDeleted(stream));
+            }
+            let actual = row.as_ref().and_then(StreamRow::actual);
+            if !expected.matches(actual) {
+                return Err(StoreError::WrongExpectedVersion {
+                    stream,
+                    expected,
+                    actual,
+                });
+            }
+            match mode {
+                DeleteMode::Soft => {
+                    let Some(v) = actual else {
+                        return Err(StoreError::StreamNotFound(stream));
+                    };
+                    tx.execute(
+                        "UPDATE mainstay_streams SET state = 1, truncate_before = ?2
+                         WHERE stream_id = ?1",
+                        params![stream, v as i64 + 1],
+                    )
+                    .map_err(db_err)?;
+                }
+                DeleteMode::Hard => {
+                    tx.execute(
+                        "DELETE FROM mainstay_events WHERE stream_id = ?1",
+                        params![stream],
+                    )
+                    .map_err(db_err)?;
+                    tx.execute(
+                        "INSERT INTO mainstay_streams (stream_id, version, state) VALUES (?1, -1, 2)
+                         ON CONFLICT (stream_id) DO UPDATE SET state = 2",
+                        params![stream],
+                    )
+                    .map_err(db_err)?;
+                }
+            }
+            tx.execute(
+                "DELETE FROM mainstay_snapshots WHERE stream_id = ?1",
+                params![stream],
+            )
+            .map_err(db_err)?;
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn scavenge(&self) -> Result<u64, StoreError> {
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM mainstay_events WHERE position IN (
+                     SELECT e.position FROM mainstay_events e
+                     JOIN mainstay_streams s ON s.stream_id = e.stream_id
+                     WHERE (s.truncate_before IS NOT NULL AND e.version < s.truncate_before)
+                        OR (s.max_count IS NOT NULL AND e.version <= s.version - s.max_count)
+                        OR (s.max_age_ms IS NOT NULL AND e.created_at_ms < ?1 - s.max_age_ms))",
+                params![now_ms() as i64],
+            )
+            .map(|n| n as u64)
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn save_snapshot(
+        &self,
+        stream: &str,
+        version: u64,
+        data: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        check_stream(stream)?;
+        let body = check_snapshot(version, &data)?;
+        let stream = stream.to_string();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO mainstay_snapshots (stream_id, version, data, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version,
+                     data = excluded.data, created_at_ms = excluded.created_at_ms
+                 WHERE excluded.version >= mainstay_snapshots.version",
+                params![stream, version as i64, body, now_ms() as i64],
+            )
+            .map(|_| ())
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
+        check_stream(stream)?;
+        let stream = stream.to_string();
+        self.with(move |c| {
+            c.prepare_cached(
+                "SELECT version, data, created_at_ms FROM mainstay_snapshots WHERE stream_id = ?1",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![stream], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
                 })
-                .map(|v| v.map(|v| v as u64))
-                .map_err(db_err)
+                .optional()
+            })
+            .map_err(db_err)?
+            .map(|(v, d, at)| {
+                Ok(Snapshot {
+                    stream: stream.clone(),
+                    version: v as u64,
+                    data: serde_json::from_str(&d).map_err(db_err)?,
+                    created_at_ms: at as u64,
+                })
+            })
+            .transpose()
         })
         .await
     }

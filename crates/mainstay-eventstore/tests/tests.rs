@@ -824,3 +824,277 @@ async fn durable_subscription_resumes_after_its_checkpoint(kind: Kind) {
     ));
 }
 per_store!(durable_subscription_resumes_after_its_checkpoint);
+
+// --- retention, deletion, snapshots, metadata ----------------------------------------------
+
+async fn versions(s: &Arc<dyn EventStore>, stream: &str) -> Vec<u64> {
+    s.read_stream(stream, 0, Direction::Forward, usize::MAX)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.version)
+        .collect()
+}
+
+async fn all_streams(s: &Arc<dyn EventStore>) -> Vec<(String, u64)> {
+    s.read_all(Position::START, usize::MAX, &ReadAllFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.stream, e.version))
+        .collect()
+}
+
+/// Retention by count, age and truncation hides events from stream reads at once;
+/// scavenging removes them from `$all`; bad metadata is refused and changes nothing.
+async fn retention_hides_then_scavenge_removes(kind: Kind) {
+    use mainstay_eventstore::StreamMetadata;
+    let (s, _d) = store(kind).await;
+    let batch = |n| (0..n).map(|i| ev("E", i)).collect::<Vec<_>>();
+    s.append("count-1", ExpectedVersion::Any, batch(10))
+        .await
+        .unwrap();
+    s.append("trunc-1", ExpectedVersion::Any, batch(5))
+        .await
+        .unwrap();
+    s.append("age-1", ExpectedVersion::Any, batch(3))
+        .await
+        .unwrap();
+    s.append("keep-1", ExpectedVersion::Any, batch(2))
+        .await
+        .unwrap();
+    settle(&s, 20).await;
+    let meta = StreamMetadata {
+        max_count: Some(3),
+        custom: json!({"owner": "billing"}),
+        ..Default::default()
+    };
+    s.set_stream_metadata("count-1", meta.clone())
+        .await
+        .unwrap();
+    assert_eq!(s.stream_metadata("count-1").await.unwrap(), meta);
+    assert_eq!(versions(&s, "count-1").await, vec![7, 8, 9]);
+    let back: Vec<u64> = s
+        .read_stream("count-1", u64::MAX, Direction::Backward, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(back, vec![9, 8, 7]);
+    s.set_stream_metadata(
+        "trunc-1",
+        StreamMetadata {
+            truncate_before: Some(2),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(versions(&s, "trunc-1").await, vec![2, 3, 4]);
+    s.set_stream_metadata(
+        "age-1",
+        StreamMetadata {
+            max_age_ms: Some(1),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !versions(&s, "age-1").await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "max age never hid");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    // Metadata on a stream without events is kept for when it gets some.
+    s.set_stream_metadata(
+        "later-1",
+        StreamMetadata {
+            max_count: Some(1),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        s.read_stream("later-1", 0, Direction::Forward, 10).await,
+        Err(StoreError::StreamNotFound(_))
+    ));
+    assert_eq!(s.stream_version("later-1").await.unwrap(), None);
+    s.append("later-1", ExpectedVersion::NoStream, batch(2))
+        .await
+        .unwrap();
+    assert_eq!(versions(&s, "later-1").await, vec![1]);
+    // Bad metadata: refused, the old kept.
+    for bad in [
+        StreamMetadata {
+            max_count: Some(0),
+            ..Default::default()
+        },
+        StreamMetadata {
+            max_age_ms: Some(0),
+            ..Default::default()
+        },
+    ] {
+        assert!(matches!(
+            s.set_stream_metadata("count-1", bad).await,
+            Err(StoreError::InvalidArgument { .. })
+        ));
+    }
+    assert_eq!(s.stream_metadata("count-1").await.unwrap(), meta);
+
+    // $all still has everything until a scavenge.
+    settle(&s, 22).await;
+    assert_eq!(all_streams(&s).await.len(), 22);
+    let removed = s.scavenge().await.unwrap();
+    assert_eq!(removed, 7 + 2 + 3 + 1);
+    let left = all_streams(&s).await;
+    assert_eq!(left.len(), 22 - 13);
+    assert!(left.contains(&("keep-1".into(), 0)) && left.contains(&("count-1".into(), 7)));
+    assert!(!left.iter().any(|(st, _)| st == "age-1"));
+    assert_eq!(s.scavenge().await.unwrap(), 0);
+}
+per_store!(retention_hides_then_scavenge_removes);
+
+/// Soft delete: reads say not found, an append revives the stream with versions
+/// continuing; hard delete: gone from `$all` at once, and the name is dead for good.
+async fn soft_and_hard_delete(kind: Kind) {
+    use mainstay_eventstore::DeleteMode;
+    let (s, _d) = store(kind).await;
+    s.append("soft-1", ExpectedVersion::Any, vec![ev("E", 0), ev("E", 1)])
+        .await
+        .unwrap();
+    s.append("hard-1", ExpectedVersion::Any, vec![ev("E", 0), ev("E", 1)])
+        .await
+        .unwrap();
+    s.save_snapshot("soft-1", 1, json!({"sum": 1}))
+        .await
+        .unwrap();
+    settle(&s, 4).await;
+    // Wrong expected version: nothing deleted.
+    assert!(matches!(
+        s.delete_stream("soft-1", ExpectedVersion::Exact(0), DeleteMode::Soft)
+            .await,
+        Err(StoreError::WrongExpectedVersion {
+            actual: Some(1),
+            ..
+        })
+    ));
+    assert_eq!(versions(&s, "soft-1").await, vec![0, 1]);
+    s.delete_stream("soft-1", ExpectedVersion::Exact(1), DeleteMode::Soft)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.read_stream("soft-1", 0, Direction::Forward, 10).await,
+        Err(StoreError::StreamNotFound(_))
+    ));
+    assert_eq!(s.stream_version("soft-1").await.unwrap(), None);
+    assert_eq!(s.load_snapshot("soft-1").await.unwrap(), None);
+    assert!(matches!(
+        s.delete_stream("soft-1", ExpectedVersion::Any, DeleteMode::Soft)
+            .await,
+        Err(StoreError::StreamNotFound(_))
+    ));
+    assert!(matches!(
+        s.delete_stream("never-1", ExpectedVersion::Any, DeleteMode::Soft)
+            .await,
+        Err(StoreError::StreamNotFound(_))
+    ));
+    let r = s
+        .append("soft-1", ExpectedVersion::NoStream, vec![ev("E", 2)])
+        .await
+        .unwrap();
+    assert_eq!(r.next_expected_version, 2, "versions continue");
+    assert_eq!(versions(&s, "soft-1").await, vec![2]);
+    settle(&s, 5).await;
+    assert_eq!(s.scavenge().await.unwrap(), 2);
+
+    s.delete_stream("hard-1", ExpectedVersion::StreamExists, DeleteMode::Hard)
+        .await
+        .unwrap();
+    assert!(!all_streams(&s).await.iter().any(|(st, _)| st == "hard-1"));
+    assert!(matches!(
+        s.read_stream("hard-1", 0, Direction::Forward, 10).await,
+        Err(StoreError::StreamDeleted(_))
+    ));
+    assert!(matches!(
+        s.append("hard-1", ExpectedVersion::Any, vec![ev("E", 9)])
+            .await,
+        Err(StoreError::StreamDeleted(_))
+    ));
+    assert!(matches!(
+        s.stream_version("hard-1").await,
+        Err(StoreError::StreamDeleted(_))
+    ));
+    assert!(matches!(
+        s.set_stream_metadata("hard-1", Default::default()).await,
+        Err(StoreError::StreamDeleted(_))
+    ));
+    assert!(matches!(
+        s.delete_stream("hard-1", ExpectedVersion::Any, DeleteMode::Hard)
+            .await,
+        Err(StoreError::StreamDeleted(_))
+    ));
+    // A name can be tombstoned before it is ever used.
+    s.delete_stream("reserved-1", ExpectedVersion::NoStream, DeleteMode::Hard)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.append("reserved-1", ExpectedVersion::Any, vec![ev("E", 0)])
+            .await,
+        Err(StoreError::StreamDeleted(_))
+    ));
+}
+per_store!(soft_and_hard_delete);
+
+/// Snapshots: the latest is kept, an older one never replaces it, oversize is refused;
+/// correlation and causation ids travel in the metadata.
+async fn snapshots_and_causation(kind: Kind) {
+    let (s, _d) = store(kind).await;
+    assert_eq!(s.load_snapshot("acc-1").await.unwrap(), None);
+    s.save_snapshot("acc-1", 5, json!({"balance": 50}))
+        .await
+        .unwrap();
+    s.save_snapshot("acc-1", 3, json!({"balance": 30}))
+        .await
+        .unwrap();
+    let snap = s.load_snapshot("acc-1").await.unwrap().unwrap();
+    assert_eq!(
+        (snap.version, snap.data.clone()),
+        (5, json!({"balance": 50}))
+    );
+    s.save_snapshot("acc-1", 9, json!({"balance": 90}))
+        .await
+        .unwrap();
+    assert_eq!(s.load_snapshot("acc-1").await.unwrap().unwrap().version, 9);
+    let huge = json!({ "x": "y".repeat(mainstay_eventstore::MAX_EVENT_BYTES) });
+    assert!(matches!(
+        s.save_snapshot("acc-1", 10, huge).await,
+        Err(StoreError::InvalidArgument { ref field, .. }) if field == "data"
+    ));
+    assert_eq!(s.load_snapshot("acc-1").await.unwrap().unwrap().version, 9);
+
+    let cmd = EventData::new("Deposit", json!({})).correlated("req-7", "cmd-7");
+    s.append("acc-1", ExpectedVersion::Any, vec![cmd])
+        .await
+        .unwrap();
+    let first = s
+        .read_stream("acc-1", 0, Direction::Forward, 1)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(first.correlation_id(), Some("req-7"));
+    assert_eq!(first.causation_id(), Some("cmd-7"));
+    let next = EventData::new("Notified", json!({})).caused_by(&first);
+    s.append("mail-1", ExpectedVersion::Any, vec![next])
+        .await
+        .unwrap();
+    let second = s
+        .read_stream("mail-1", 0, Direction::Forward, 1)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(second.correlation_id(), Some("req-7"));
+    assert_eq!(second.causation_id(), Some(first.id.as_str()));
+}
+per_store!(snapshots_and_causation);
