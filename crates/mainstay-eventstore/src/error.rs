@@ -39,6 +39,9 @@ pub enum StoreError {
         /// Why.
         message: String,
     },
+    /// The configuration names no usable store.
+    #[error("{0}")]
+    Config(String),
     /// The engine failed.
     #[error("{backend} error: {message}")]
     Backend {

@@ -31,6 +31,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+mod connect;
 mod error;
 mod event;
 mod meta;
@@ -40,6 +41,7 @@ pub mod postgres;
 pub mod sqlite;
 pub mod subscription;
 
+pub use connect::connect;
 pub use error::StoreError;
 pub use event::{
     AppendResult, Direction, EventData, ExpectedVersion, Position, ReadAllFilter, RecordedEvent,

@@ -7,7 +7,9 @@
 //! (campaign, keepalive, resign, leader, observe as Server-Sent Events),
 //! `/v1/saga-definitions` and `/v1/sagas` (register, start, query, watch, retry, abort;
 //! [`mainstay_txn`]), `/v1/txns` (two-phase commit over HTTP participants and PostgreSQL
-//! resources), `/healthz`, `/readyz`, `/metrics` (Prometheus text).
+//! resources), `/v1/streams/{stream}` (append, read, delete, metadata), `/v1/all` (read,
+//! subscribe as Server-Sent Events) and `/v1/subscriptions/{name}` (durable checkpoints;
+//! [`mainstay_eventstore`]), `/healthz`, `/readyz`, `/metrics` (Prometheus text).
 //!
 //! Guarantees: bad input (malformed JSON, unknown fields, out-of-range values, names with
 //! `/` or over 256 bytes, bodies over 1 MiB) gets a 4xx problem and changes nothing; a
@@ -20,6 +22,7 @@
 
 mod auth;
 mod elections;
+mod events;
 mod locks;
 mod metrics;
 mod openapi;
@@ -33,6 +36,7 @@ pub use problem::Problem;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use mainstay_eventstore::EventStore;
 use mainstay_lock::{Election, LockClient};
 use mainstay_txn::saga::Orchestrator;
 use mainstay_txn::twopc::pg::PgResource;
@@ -52,20 +56,22 @@ pub struct AppState {
     pub(crate) sagas: Orchestrator,
     pub(crate) txns: Coordinator,
     pub(crate) postgres: Arc<HashMap<String, PgResource>>,
+    pub(crate) events: Arc<dyn EventStore>,
     pub(crate) http: reqwest::Client,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) token: Option<Arc<str>>,
 }
 
 impl AppState {
-    /// State over a lock client, a (started) saga orchestrator and a (started) 2PC
-    /// coordinator with the PostgreSQL resources it may run SQL branches on; `token`
-    /// enables bearer auth on `/v1/*`.
+    /// State over a lock client, a (started) saga orchestrator, a (started) 2PC
+    /// coordinator with the PostgreSQL resources it may run SQL branches on, and an event
+    /// store; `token` enables bearer auth on `/v1/*`.
     pub fn new(
         locks: LockClient,
         sagas: Orchestrator,
         txns: Coordinator,
         postgres: Vec<PgResource>,
+        events: Arc<dyn EventStore>,
         token: Option<String>,
     ) -> Self {
         let metrics = Arc::new(Metrics::new(locks.kind().as_str()));
@@ -80,6 +86,7 @@ impl AppState {
                     .map(|r| (r.name().to_string(), r))
                     .collect(),
             ),
+            events,
             http: reqwest::Client::new(),
             metrics,
             token: token.map(Arc::from),
@@ -121,6 +128,23 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sagas/{id}/abort", post(sagas::abort))
         .route("/v1/txns", get(txns::list).post(txns::run))
         .route("/v1/txns/{id}", get(txns::get))
+        .route(
+            "/v1/streams/{stream}",
+            get(events::read)
+                .post(events::append)
+                .delete(events::delete),
+        )
+        .route(
+            "/v1/streams/{stream}/metadata",
+            get(events::metadata).put(events::set_metadata),
+        )
+        .route("/v1/all", get(events::read_all))
+        .route("/v1/all/subscribe", get(events::subscribe_all))
+        .route("/v1/subscriptions/{name}", get(events::checkpoint))
+        .route(
+            "/v1/subscriptions/{name}/checkpoint",
+            post(events::save_checkpoint),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -144,7 +168,36 @@ pub fn router(state: AppState) -> Router {
             metrics::track,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(refuse_oversized))
         .with_state(state)
+}
+
+/// Bodies up to this size are read and dropped before an oversized request is refused.
+const DRAIN_BYTES: u64 = 16 << 20;
+
+/// A body announced larger than [`MAX_BODY_BYTES`] is refused with a 413 problem before
+/// any handler runs. The body is read and dropped first (up to 16 MiB): closing a socket
+/// with unread data resets the connection, and the client would see a reset instead of
+/// the problem. (Bodies without a length are cut at the limit by the JSON extractor.)
+async fn refuse_oversized(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let announced = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match announced {
+        Some(len) if len > MAX_BODY_BYTES as u64 => {
+            if len <= DRAIN_BYTES {
+                let _ = axum::body::to_bytes(req.into_body(), DRAIN_BYTES as usize).await;
+            }
+            Problem::too_large().into_response()
+        }
+        _ => next.run(req).await,
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, Problem> {

@@ -18,6 +18,7 @@ pub struct Metrics {
     http_requests: IntCounterVec,
     lock_acquires: IntCounterVec,
     lock_acquire_seconds: HistogramVec,
+    events_appended: prometheus::IntCounter,
     backend: String,
 }
 
@@ -58,10 +59,16 @@ impl Metrics {
             &["backend"],
         )
         .expect("static metric definition");
+        let events_appended = prometheus::IntCounter::new(
+            "mainstay_events_appended_total",
+            "Events appended through the HTTP API",
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(lock_acquires.clone()),
             Box::new(lock_acquire_seconds.clone()),
+            Box::new(events_appended.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -70,6 +77,7 @@ impl Metrics {
             http_requests,
             lock_acquires,
             lock_acquire_seconds,
+            events_appended,
             backend: backend.to_string(),
         }
     }
@@ -86,6 +94,10 @@ impl Metrics {
         self.lock_acquire_seconds
             .with_label_values(&[self.backend.as_str()])
             .observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn events_appended(&self, n: usize) {
+        self.events_appended.inc_by(n as u64);
     }
 
     /// The Prometheus text exposition.

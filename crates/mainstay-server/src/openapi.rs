@@ -46,6 +46,12 @@ fn responses_404(o: &mut Value) {
 
 /// The document.
 pub(crate) fn document() -> Value {
+    let mut doc = base();
+    events(&mut doc);
+    doc
+}
+
+fn base() -> Value {
     let ms = json!({"type": "integer", "minimum": 0});
     json!({
         "openapi": "3.1.0",
@@ -129,4 +135,85 @@ pub(crate) fn document() -> Value {
             "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "text exposition"}}}}
         }
     })
+}
+
+fn q(name: &str, schema: Value, description: &str) -> Value {
+    json!({"name": name, "in": "query", "schema": schema, "description": description})
+}
+
+/// The event store's schemas and paths.
+fn events(doc: &mut Value) {
+    let ms = json!({"type": "integer", "minimum": 0});
+    let position =
+        json!({"type": "string", "pattern": "^[0-9]+/[0-9]+$", "description": "COMMIT/PREPARE"});
+    let expected = json!({"description": "\"any\" (default), \"no_stream\", \"stream_exists\", or the stream's current version",
+        "oneOf": [{"enum": ["any", "no_stream", "stream_exists"]}, {"type": "integer", "minimum": 0}, {"type": "string", "pattern": "^[0-9]+$"}]});
+    let schemas = json!({
+        "AppendRequest": {"type": "object", "additionalProperties": false, "required": ["events"], "properties": {
+            "expected_version": expected,
+            "events": {"type": "array", "minItems": 1, "items": {"type": "object", "additionalProperties": false, "required": ["type"], "properties": {
+                "id": {"type": "string", "maxLength": 256, "description": "give one so a retry is idempotent"},
+                "type": {"type": "string", "minLength": 1, "maxLength": 256}, "data": {}, "metadata": {}}}}}},
+        "AppendResult": {"type": "object", "properties": {"stream": {"type": "string"}, "next_expected_version": ms, "first_position": position, "last_position": position}},
+        "RecordedEvent": {"type": "object", "properties": {"stream": {"type": "string"}, "version": ms, "position": position, "id": {"type": "string"},
+            "type": {"type": "string"}, "data": {}, "metadata": {}, "created_at_ms": ms}},
+        "StreamRead": {"type": "object", "properties": {"stream": {"type": "string"}, "events": {"type": "array", "items": {"$ref": "#/components/schemas/RecordedEvent"}}}},
+        "AllRead": {"type": "object", "properties": {"events": {"type": "array", "items": {"$ref": "#/components/schemas/RecordedEvent"}}, "last_position": position}},
+        "StreamMetadata": {"type": "object", "additionalProperties": false, "properties": {"max_count": {"type": "integer", "minimum": 1},
+            "max_age_ms": {"type": "integer", "minimum": 1}, "truncate_before": ms, "custom": {}}},
+        "Checkpoint": {"type": "object", "required": ["position"], "properties": {"name": {"type": "string"}, "position": {"type": ["string", "null"]}}}
+    });
+    let stream_param = json!({"name": "stream", "in": "path", "required": true, "schema": {"type": "string", "maxLength": 256}});
+    let name_param = json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string", "maxLength": 256}});
+    let all_filters = [
+        q(
+            "stream_prefix",
+            json!({"type": "string"}),
+            "only streams starting with this",
+        ),
+        q(
+            "event_types",
+            json!({"type": "string"}),
+            "only these event types, comma-separated",
+        ),
+    ];
+    let responses = |ok_schema: &str, extra: &[(&str, &str)]| {
+        let mut r = json!({"200": ok(ok_schema), "400": problem("invalid input"), "401": problem("missing or wrong bearer token"), "503": problem("backend unavailable")});
+        for (code, what) in extra {
+            r[*code] = problem(what);
+        }
+        r
+    };
+    let paths = json!({
+        "/v1/streams/{stream}": {
+            "post": {"summary": "Append events atomically if the stream matches expected_version; the same event ids again return the first result", "parameters": [stream_param],
+                "requestBody": body("AppendRequest"), "responses": responses("AppendResult", &[("409", "wrong expected version (names expected and actual), or the ids are already stored elsewhere in the stream"), ("410", "the stream is tombstoned"), ("413", "body over 1 MiB")])},
+            "get": {"summary": "Read a stream", "parameters": [stream_param, q("from", ms.clone(), "first version (default 0, or the end backward)"),
+                q("direction", json!({"enum": ["forward", "backward"]}), "default forward"), q("limit", json!({"type": "integer", "minimum": 1, "maximum": 10000}), "default 100")],
+                "responses": responses("StreamRead", &[("404", "no such stream (or soft-deleted)"), ("410", "the stream is tombstoned")])},
+            "delete": {"summary": "Delete a stream: soft (reads 404 until an append revives it) or hard (tombstone: 410 for good); 204",
+                "parameters": [stream_param, q("mode", json!({"enum": ["soft", "hard"]}), "default soft"), q("expected_version", json!({"type": "string"}), "default any")],
+                "responses": {"204": {"description": "deleted"}, "400": problem("invalid input"), "404": problem("no such stream"), "409": problem("wrong expected version"), "410": problem("already tombstoned")}}
+        },
+        "/v1/streams/{stream}/metadata": {
+            "get": {"summary": "Stream metadata (retention, custom)", "parameters": [stream_param], "responses": responses("StreamMetadata", &[])},
+            "put": {"summary": "Replace stream metadata: max_count, max_age_ms and truncate_before hide events from reads at once", "parameters": [stream_param],
+                "requestBody": body("StreamMetadata"), "responses": responses("StreamMetadata", &[("410", "the stream is tombstoned")])}
+        },
+        "/v1/all": {"get": {"summary": "Read $all in position order after a position (never skipping an event that commits later)",
+            "parameters": [q("after", position.clone(), "default: from the start"), q("limit", json!({"type": "integer", "minimum": 1, "maximum": 10000}), "default 100"), all_filters[0], all_filters[1]],
+            "responses": responses("AllRead", &[])}},
+        "/v1/all/subscribe": {"get": {"summary": "Server-Sent Events over $all: catch-up then live; SSE id = position, event = type, data = the event. Resume with Last-Event-ID; or start after= a position, or at a durable subscription's checkpoint",
+            "parameters": [q("after", position, "start after this position"), q("subscription", json!({"type": "string", "maxLength": 256}), "a durable subscription: start at its checkpoint"),
+                all_filters[0], all_filters[1], {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "event stream", "content": {"text/event-stream": {}}}, "400": problem("invalid position or name")}}},
+        "/v1/subscriptions/{name}": {"get": {"summary": "A durable subscription's checkpoint (null before the first save)", "parameters": [name_param], "responses": responses("Checkpoint", &[])}},
+        "/v1/subscriptions/{name}/checkpoint": {"post": {"summary": "Save a durable subscription's checkpoint", "parameters": [name_param], "requestBody": body("Checkpoint"), "responses": responses("Checkpoint", &[])}}
+    });
+    if let (Some(s), Value::Object(new)) = (doc["components"]["schemas"].as_object_mut(), schemas) {
+        s.extend(new);
+    }
+    if let (Some(p), Value::Object(new)) = (doc["paths"].as_object_mut(), paths) {
+        p.extend(new);
+    }
 }

@@ -3,6 +3,7 @@
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use mainstay_eventstore::StoreError;
 use mainstay_lock::LockError;
 use mainstay_txn::TxnError;
 use serde_json::{json, Map, Value};
@@ -41,6 +42,14 @@ impl Problem {
 
     pub(crate) fn bad_request(title: impl Into<String>) -> Self {
         Problem::new(StatusCode::BAD_REQUEST, "invalid-request", title)
+    }
+
+    pub(crate) fn too_large() -> Self {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "request body is larger than 1 MiB",
+        )
     }
 
     pub(crate) fn not_found() -> Self {
@@ -164,15 +173,48 @@ impl From<TxnError> for Problem {
     }
 }
 
+impl From<StoreError> for Problem {
+    fn from(e: StoreError) -> Self {
+        let title = e.to_string();
+        match e {
+            StoreError::InvalidArgument { field, .. } => {
+                Problem::bad_request(title).with("field", field)
+            }
+            StoreError::WrongExpectedVersion {
+                stream,
+                expected,
+                actual,
+            } => Problem::new(StatusCode::CONFLICT, "wrong-expected-version", title)
+                .with("stream", stream)
+                .with("expected", expected.to_string())
+                .with("actual", actual.map_or(Value::Null, Value::from)),
+            StoreError::IdempotencyConflict { stream, event_id } => {
+                Problem::new(StatusCode::CONFLICT, "idempotency-conflict", title)
+                    .with("stream", stream)
+                    .with("event_id", event_id)
+            }
+            StoreError::StreamNotFound(stream) => {
+                Problem::new(StatusCode::NOT_FOUND, "stream-not-found", title)
+                    .with("stream", stream)
+            }
+            StoreError::StreamDeleted(stream) => {
+                Problem::new(StatusCode::GONE, "stream-deleted", title).with("stream", stream)
+            }
+            StoreError::Backend { .. } => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "backend-unavailable",
+                title,
+            ),
+            _ => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", title),
+        }
+    }
+}
+
 impl From<JsonRejection> for Problem {
     fn from(r: JsonRejection) -> Self {
         let detail = r.body_text();
         match r.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body-too-large",
-                "request body is larger than 1 MiB",
-            ),
+            StatusCode::PAYLOAD_TOO_LARGE => Problem::too_large(),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => Problem::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-media-type",

@@ -27,6 +27,13 @@ pub(crate) struct GlobalArgs {
     /// The log's address: a SQLite file (default DATA_DIR/txn.db) or a PostgreSQL URL.
     #[arg(long, global = true, env = "MAINSTAY_TXN_URL")]
     txn_url: Option<String>,
+    /// Where the event store lives: sqlite or postgres. Default: sqlite.
+    #[arg(long, global = true, env = "MAINSTAY_EVENTS_BACKEND")]
+    events_backend: Option<BackendKind>,
+    /// The event store's address: a SQLite file (default DATA_DIR/events.db) or a
+    /// PostgreSQL URL.
+    #[arg(long, global = true, env = "MAINSTAY_EVENTS_URL")]
+    events_url: Option<String>,
     /// This node's name in the saga log; a restarted node with the same name resumes its
     /// sagas at once. Default: the host name.
     #[arg(long, global = true, env = "MAINSTAY_NODE_ID")]
@@ -52,6 +59,8 @@ struct File {
     #[serde(default)]
     txn: Option<BackendConfig>,
     #[serde(default)]
+    events: Option<BackendConfig>,
+    #[serde(default)]
     postgres_resources: std::collections::BTreeMap<String, String>,
 }
 
@@ -70,6 +79,7 @@ pub(crate) struct Config {
     pub(crate) data_dir: PathBuf,
     pub(crate) backend: BackendConfig,
     pub(crate) txn: BackendConfig,
+    pub(crate) events: BackendConfig,
     pub(crate) node_id: Option<String>,
     pub(crate) postgres_resources: std::collections::BTreeMap<String, String>,
     pub(crate) listen: Option<String>,
@@ -111,6 +121,16 @@ impl Config {
         if let Some(url) = &args.txn_url {
             txn.url = Some(url.clone());
         }
+        let mut events = file.events.unwrap_or_default();
+        if let Some(kind) = args.events_backend {
+            if kind != events.backend {
+                events.url = None;
+            }
+            events.backend = kind;
+        }
+        if let Some(url) = &args.events_url {
+            events.url = Some(url.clone());
+        }
         let mut postgres_resources = file.postgres_resources;
         for spec in &args.postgres_resources {
             let (name, url) = spec.split_once('=').with_context(|| {
@@ -120,6 +140,7 @@ impl Config {
         }
         Ok(Config {
             txn,
+            events,
             postgres_resources,
             node_id: args.node_id.clone().or(file.server.node_id),
             data_dir: args
@@ -139,6 +160,19 @@ impl Config {
         mainstay_txn::connect_log(&self.txn, &self.data_dir)
             .await
             .with_context(|| format!("cannot open the {} saga log", self.txn.backend.as_str()))
+    }
+
+    pub(crate) async fn event_store(
+        &self,
+    ) -> anyhow::Result<std::sync::Arc<dyn mainstay_eventstore::EventStore>> {
+        mainstay_eventstore::connect(&self.events, &self.data_dir)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open the {} event store",
+                    self.events.backend.as_str()
+                )
+            })
     }
 
     pub(crate) async fn coordinator(

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod events;
 mod fence;
 mod lock;
 mod saga;
@@ -11,7 +12,7 @@ mod txn;
 
 use clap::{Parser, Subcommand};
 
-/// Distributed-systems building blocks: locks with fencing tokens, leader election, durable sagas, and more.
+/// Distributed-systems building blocks: locks with fencing tokens, leader election, durable sagas, an event store, and more.
 #[derive(Parser)]
 #[command(name = "mainstay", version, about, propagate_version = true)]
 struct Cli {
@@ -37,6 +38,9 @@ enum Command {
     /// Two-phase commits: list and show the decision log.
     #[command(subcommand)]
     Txn(txn::TxnCommand),
+    /// The event store: append, read a stream or $all, tail $all.
+    #[command(subcommand)]
+    Events(events::EventsCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -70,6 +74,7 @@ fn main() -> std::process::ExitCode {
             Command::Fence(cmd) => fence::run(cmd).await,
             Command::Saga(cmd) => saga::run(config, cmd).await,
             Command::Txn(cmd) => txn::run(config, cmd).await,
+            Command::Events(cmd) => events::run(config, cmd).await,
         }
     });
     match result {

@@ -49,6 +49,7 @@ pub(crate) async fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitC
         .start()
         .await
         .context("cannot recover unfinished transactions")?;
+    let events = config.event_store().await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -61,10 +62,11 @@ pub(crate) async fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitC
         _ => config.backend.url.clone().unwrap_or_default(),
     };
     tracing::info!(
-        "mainstay listening on http://{} (lock backend {} at {where_}; saga log {}, {resumed} unfinished sagas resumed; {recovered} transactions recovered; auth {})",
+        "mainstay listening on http://{} (lock backend {} at {where_}; saga log {}, {resumed} unfinished sagas resumed; {recovered} transactions recovered; event store {}; auth {})",
         listener.local_addr()?,
         locks.kind().as_str(),
         sagas.log_kind(),
+        config.events.backend.as_str(),
         if token.is_some() { "on" } else { "off" }
     );
     if let Some(path) = &args.addr_file {
@@ -74,7 +76,7 @@ pub(crate) async fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitC
             .and_then(|()| std::fs::rename(&tmp, path))
             .with_context(|| format!("cannot write the address file {}", path.display()))?;
     }
-    let state = mainstay_server::AppState::new(locks, sagas, txns, postgres, token);
+    let state = mainstay_server::AppState::new(locks, sagas, txns, postgres, events, token);
     mainstay_server::serve(listener, state, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -27,12 +27,21 @@ pub async fn serve(locks: LockClient, token: Option<&str>) -> String {
     sagas.start().await.unwrap();
     let dlog = mainstay_txn::twopc::SqliteDecisionLog::open(dir.path().join("txn.db")).unwrap();
     let txns = mainstay_txn::twopc::Coordinator::builder(std::sync::Arc::new(dlog)).build();
+    let events = std::sync::Arc::new(
+        mainstay_eventstore::sqlite::SqliteEventStore::open(dir.path().join("events.db")).unwrap(),
+    );
     tokio::spawn(async move {
         std::future::pending::<()>().await;
         drop(dir);
     });
-    let state =
-        mainstay_server::AppState::new(locks, sagas, txns, Vec::new(), token.map(String::from));
+    let state = mainstay_server::AppState::new(
+        locks,
+        sagas,
+        txns,
+        Vec::new(),
+        events,
+        token.map(String::from),
+    );
     tokio::spawn(mainstay_server::serve(
         listener,
         state,

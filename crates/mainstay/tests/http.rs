@@ -340,12 +340,23 @@ async fn metrics_and_openapi_describe_the_api() {
         "/v1/elections/{name}/resign",
         "/v1/elections/{name}",
         "/v1/elections/{name}/observe",
+        "/v1/saga-definitions",
+        "/v1/sagas",
+        "/v1/sagas/{id}/events",
+        "/v1/txns",
+        "/v1/streams/{stream}",
+        "/v1/streams/{stream}/metadata",
+        "/v1/all",
+        "/v1/all/subscribe",
+        "/v1/subscriptions/{name}",
+        "/v1/subscriptions/{name}/checkpoint",
     ] {
         assert!(
             doc["paths"][path].is_object(),
             "{path} missing from OpenAPI"
         );
     }
+    assert!(doc["components"]["schemas"]["AppendRequest"].is_object());
 }
 
 #[tokio::test]
