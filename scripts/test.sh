@@ -36,6 +36,9 @@ if cargo nextest --version >/dev/null 2>&1; then
 fi
 "$target_dir/debug/mainstay-testkit" run -- "${runner[@]}"
 cargo test -q --workspace --all-features --doc
+# The CQRS examples run end to end (they assert their results).
+cargo run -q -p mainstay-cqrs --example bank_account >/dev/null
+cargo run -q -p mainstay-cqrs --example order_summary >/dev/null
 # The README's run command resolves to the mainstay binary from the workspace root.
 cargo run -q -- --help >/dev/null
 RUSTDOCFLAGS="-D warnings" cargo doc -q --workspace --no-deps --all-features

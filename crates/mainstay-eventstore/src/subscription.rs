@@ -32,7 +32,7 @@ use std::sync::Arc;
 /// [`EventStore::wakeups`] *before* the subscription's first read, so nothing that
 /// commits after that read goes unnoticed.
 #[async_trait]
-pub trait Wakeups: Send {
+pub trait Wakeups: Send + Sync {
     /// Returns once events may have become readable since the last return (or since
     /// creation), or when the poll interval has passed.
     async fn wait(&mut self) -> Result<(), StoreError>;
@@ -167,6 +167,23 @@ impl Subscription {
                 self.buffered.extend(batch);
             }
         }
+    }
+
+    /// The next events, at most `max` (at least one: waits when caught up), for a
+    /// consumer that handles a batch in one transaction.
+    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let first = self.next().await?;
+        let mut out = vec![first];
+        while out.len() < max.max(1) {
+            match self.buffered.pop_front() {
+                Some(e) => {
+                    self.after = e.position;
+                    out.push(e);
+                }
+                None => break,
+            }
+        }
+        Ok(out)
     }
 
     /// The position of the last event delivered (where a restart would resume).

@@ -2,6 +2,7 @@
 
 mod cli;
 mod common;
+mod events_crash;
 mod events_http;
 mod holders;
 mod http;
