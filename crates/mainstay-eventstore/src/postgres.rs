@@ -57,6 +57,90 @@ CREATE TABLE IF NOT EXISTS mainstay_events (
     UNIQUE (stream_id, version),
     UNIQUE (stream_id, event_id)
 );
+CREATE OR REPLACE FUNCTION mainstay_expected_ok(kind smallint, expected bigint, actual bigint)
+RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce(kind = 0 OR (kind = 1 AND actual IS NULL) OR (kind = 2 AND actual IS NOT NULL)
+        OR (kind = 3 AND actual IS NOT NULL AND actual = expected), false)
+$$;
+-- One append to one stream, in one round trip: lock the stream row, recognise a retry
+-- of the same event ids, check the expected version, insert, bump the version. Refusals
+-- are errors MS001 (wrong expected version; DETAIL = actual or empty), MS002 (ids
+-- already stored elsewhere; DETAIL = the first id), MS003 (tombstoned), so the
+-- statement (or the caller's transaction) rolls back.
+CREATE OR REPLACE FUNCTION mainstay_append(
+    p_stream text, p_kind smallint, p_expected bigint,
+    p_ids text[], p_types text[], p_data text[], p_meta text[], p_now bigint,
+    OUT next_version bigint, OUT first_tx bigint, OUT first_seq bigint,
+    OUT last_tx bigint, OUT last_seq bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_version bigint; v_state smallint; v_actual bigint; v_n int := cardinality(p_ids);
+    v_found int; v_v0 bigint; v_first bigint;
+BEGIN
+    SELECT s.version, s.state INTO v_version, v_state
+        FROM mainstay_streams s WHERE s.stream_id = p_stream FOR UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO mainstay_streams (stream_id, version) VALUES (p_stream, -1) ON CONFLICT DO NOTHING;
+        SELECT s.version, s.state INTO v_version, v_state
+            FROM mainstay_streams s WHERE s.stream_id = p_stream FOR UPDATE;
+    END IF;
+    IF v_state = 2 THEN
+        RAISE EXCEPTION USING ERRCODE = 'MS003', MESSAGE = 'stream is tombstoned';
+    END IF;
+    v_actual := CASE WHEN v_state = 1 OR v_version < 0 THEN NULL ELSE v_version END;
+    -- Is this a retry of a batch already stored? Only worth asking when the expected
+    -- version fails (a retry under Exact/NoStream), or when it cannot tell (Any,
+    -- StreamExists). Otherwise new ids are the rule, and an old id among them makes the
+    -- INSERT below fail on the (stream_id, event_id) key. Dynamic SQL: planned for these
+    -- ids (one index probe each); a cached generic plan may scan the whole stream.
+    v_found := 0;
+    IF p_kind IN (0, 2) OR NOT mainstay_expected_ok(p_kind, p_expected, v_actual) THEN
+        EXECUTE 'SELECT count(*), min(version) FROM mainstay_events
+                 WHERE stream_id = $1 AND event_id = ANY($2)'
+            INTO v_found, v_v0 USING p_stream, p_ids;
+    END IF;
+    IF v_found > 0 THEN
+        IF v_found = v_n AND NOT EXISTS (
+            SELECT 1 FROM unnest(p_ids) WITH ORDINALITY AS u(id, k)
+            LEFT JOIN mainstay_events e ON e.stream_id = p_stream AND e.event_id = u.id
+            WHERE e.version IS DISTINCT FROM v_v0 + u.k - 1)
+        THEN
+            IF NOT mainstay_expected_ok(p_kind, p_expected, CASE WHEN v_v0 = 0 THEN NULL ELSE v_v0 - 1 END) THEN
+                RAISE EXCEPTION USING ERRCODE = 'MS001', MESSAGE = 'wrong expected version',
+                    DETAIL = coalesce(v_actual::text, '');
+            END IF;
+            next_version := v_v0 + v_n - 1;
+            SELECT e.tx::text::bigint, e.seq INTO first_tx, first_seq
+                FROM mainstay_events e WHERE e.stream_id = p_stream AND e.version = v_v0;
+            SELECT e.tx::text::bigint, e.seq INTO last_tx, last_seq
+                FROM mainstay_events e WHERE e.stream_id = p_stream AND e.version = next_version;
+            RETURN;
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = 'MS002', MESSAGE = 'event ids already stored',
+            DETAIL = (SELECT u.id FROM unnest(p_ids) WITH ORDINALITY AS u(id, k)
+                      JOIN mainstay_events e ON e.stream_id = p_stream AND e.event_id = u.id
+                      ORDER BY u.k LIMIT 1);
+    END IF;
+    IF NOT mainstay_expected_ok(p_kind, p_expected, v_actual) THEN
+        RAISE EXCEPTION USING ERRCODE = 'MS001', MESSAGE = 'wrong expected version',
+            DETAIL = coalesce(v_actual::text, '');
+    END IF;
+    -- After a soft delete, versions continue after the old ones.
+    v_first := CASE WHEN v_version < 0 THEN 0 ELSE v_version + 1 END;
+    next_version := v_first + v_n - 1;
+    WITH ins AS (
+        INSERT INTO mainstay_events (stream_id, version, event_id, event_type, data, metadata, created_at_ms)
+        SELECT p_stream, v_first + u.k - 1, u.i, u.t, u.d, u.m, p_now
+        FROM unnest(p_ids, p_types, p_data, p_meta) WITH ORDINALITY AS u(i, t, d, m, k)
+        ORDER BY u.k
+        RETURNING seq),
+    up AS (
+        UPDATE mainstay_streams SET version = next_version, state = 0 WHERE stream_id = p_stream)
+    SELECT min(ins.seq), max(ins.seq) INTO first_seq, last_seq FROM ins;
+    first_tx := pg_current_xact_id()::text::bigint;
+    last_tx := first_tx;
+END
+$$;
 CREATE TABLE IF NOT EXISTS mainstay_subscriptions (
     name          text PRIMARY KEY,
     commit_pos    bigint NOT NULL,
@@ -70,6 +154,9 @@ pub const CHANNEL: &str = "mainstay_events";
 /// How often a caught-up subscription re-reads without a wake-up (a lost notification, a
 /// writer that does not notify).
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Least time between two notifications from one store instance.
+const NOTIFY_INTERVAL: Duration = Duration::from_millis(2);
 
 /// What subscribers of one store instance watch.
 #[derive(Clone, Copy, Debug, Default)]
@@ -113,7 +200,13 @@ async fn notifier(pool: Pool, mut committed: watch::Receiver<u64>) {
         let mut backoff = Duration::from_millis(50);
         loop {
             match mainstay_core::pg::execute(&pool, &sql, &[&tx.to_string()]).await {
-                Ok(_) => break,
+                Ok(_) => {
+                    // At most one notification per interval: under load the commits of
+                    // the interval share one (other processes' subscribers wake a little
+                    // later; this process's wake at once).
+                    tokio::time::sleep(NOTIFY_INTERVAL).await;
+                    break;
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "event store NOTIFY failed; retrying");
                     tokio::time::sleep(backoff).await;
@@ -355,125 +448,132 @@ impl StreamRow {
     }
 }
 
-/// One append inside the transaction.
-async fn append_one(
-    tx: &deadpool_postgres::Transaction<'_>,
-    a: &Append,
-) -> Result<AppendResult, StoreError> {
-    // The stream row serializes appends to one stream (and only to it).
-    tx.execute(
-        "INSERT INTO mainstay_streams (stream_id, version) VALUES ($1, -1) ON CONFLICT DO NOTHING",
-        &[&a.stream],
-    )
-    .await
-    .map_err(pg_err)?;
-    let row = StreamRow::from_row(
-        &tx.query_one(&format!("{STREAM_ROW} FOR UPDATE"), &[&a.stream])
-            .await
-            .map_err(pg_err)?,
-    );
-    if row.state == TOMBSTONED {
-        return Err(StoreError::StreamDeleted(a.stream.clone()));
-    }
-    let actual = row.actual();
-    let ids: Vec<&str> = a.events.iter().map(|e| e.id.as_str()).collect();
-    let found = tx
-        .query(
-            "SELECT event_id, version, tx::text::bigint, seq FROM mainstay_events
-             WHERE stream_id = $1 AND event_id = ANY($2) ORDER BY version",
-            &[&a.stream, &ids],
-        )
-        .await
-        .map_err(pg_err)?;
-    if !found.is_empty() {
-        let v0 = found[0].get::<_, i64>(1) as u64;
-        let in_place = found.len() == a.events.len()
-            && found.iter().enumerate().all(|(i, r)| {
-                r.get::<_, &str>(0) == a.events[i].id && r.get::<_, i64>(1) as u64 == v0 + i as u64
-            });
-        if !in_place {
-            return Err(StoreError::IdempotencyConflict {
-                stream: a.stream.clone(),
-                event_id: found[0].get::<_, String>(0),
-            });
-        }
-        if !a.expected.matches(v0.checked_sub(1)) {
-            return Err(StoreError::WrongExpectedVersion {
-                stream: a.stream.clone(),
-                expected: a.expected,
-                actual,
-            });
-        }
-        let pos = |r: &Row| Position {
-            commit: r.get::<_, i64>(2) as u64,
-            prepare: r.get::<_, i64>(3) as u64,
-        };
-        return Ok(AppendResult {
-            next_expected_version: v0 + a.events.len() as u64 - 1,
-            first_position: pos(&found[0]),
-            last_position: pos(&found[found.len() - 1]),
-        });
-    }
-    if !a.expected.matches(actual) {
-        return Err(StoreError::WrongExpectedVersion {
+const APPEND: &str = "SELECT * FROM mainstay_append($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// Maps the append function's refusals (SQLSTATE MS001–MS003) to store errors.
+fn append_err(a: &Append, e: tokio_postgres::Error) -> StoreError {
+    let Some(db) = e.as_db_error() else {
+        return pg_err(e);
+    };
+    let detail = db.detail().unwrap_or_default();
+    match db.code().code() {
+        "MS001" => StoreError::WrongExpectedVersion {
             stream: a.stream.clone(),
             expected: a.expected,
-            actual,
-        });
+            actual: detail.parse().ok(),
+        },
+        "MS002" => StoreError::IdempotencyConflict {
+            stream: a.stream.clone(),
+            event_id: detail.to_string(),
+        },
+        "MS003" => StoreError::StreamDeleted(a.stream.clone()),
+        // An id of the batch is already in the stream, and the batch is no retry.
+        "23505" if db.constraint() == Some("mainstay_events_stream_id_event_id_key") => {
+            StoreError::IdempotencyConflict {
+                stream: a.stream.clone(),
+                event_id: a
+                    .events
+                    .iter()
+                    .map(|e| e.id.as_str())
+                    .find(|id| detail.contains(&format!(", {id})")))
+                    .unwrap_or_default()
+                    .to_string(),
+            }
+        }
+        _ => pg_err(e),
     }
-    // After a soft delete, versions continue after the old ones.
-    let first_version = row.last.map_or(0, |v| v + 1) as i64;
-    let n = a.events.len();
-    let versions: Vec<i64> = (0..n as i64).map(|i| first_version + i).collect();
-    let types: Vec<&str> = a.events.iter().map(|e| e.event_type.as_str()).collect();
-    let data: Vec<String> = a.events.iter().map(|e| e.data.to_string()).collect();
-    let meta: Vec<String> = a.events.iter().map(|e| e.metadata.to_string()).collect();
-    let now = now_ms() as i64;
-    let rows = tx
-        .query(
-            "INSERT INTO mainstay_events (stream_id, version, event_id, event_type, data, metadata, created_at_ms)
-             SELECT $1, v, i, t, d, m, $7
-             FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[]) AS u(v, i, t, d, m)
-             ORDER BY v
-             RETURNING tx::text::bigint, seq",
-            &[&a.stream, &versions, &ids, &types, &data, &meta, &now],
-        )
-        .await
-        .map_err(pg_err)?;
-    let last_version = first_version + n as i64 - 1;
-    tx.execute(
-        "UPDATE mainstay_streams SET version = $2, state = 0 WHERE stream_id = $1",
-        &[&a.stream, &last_version],
-    )
-    .await
-    .map_err(pg_err)?;
-    let mut positions: Vec<Position> = rows
-        .iter()
-        .map(|r| Position {
-            commit: r.get::<_, i64>(0) as u64,
-            prepare: r.get::<_, i64>(1) as u64,
-        })
-        .collect();
-    positions.sort();
-    Ok(AppendResult {
-        next_expected_version: last_version as u64,
-        first_position: positions[0],
-        last_position: positions[positions.len() - 1],
-    })
+}
+
+/// One append as the function's arguments.
+struct AppendArgs {
+    kind: i16,
+    expected: i64,
+    ids: Vec<String>,
+    types: Vec<String>,
+    data: Vec<String>,
+    meta: Vec<String>,
+    now: i64,
+}
+
+impl AppendArgs {
+    fn new(a: &Append) -> Self {
+        let (kind, expected) = match a.expected {
+            ExpectedVersion::Any => (0, 0),
+            ExpectedVersion::NoStream => (1, 0),
+            ExpectedVersion::StreamExists => (2, 0),
+            ExpectedVersion::Exact(v) => (3, v.min(i64::MAX as u64) as i64),
+        };
+        AppendArgs {
+            kind,
+            expected,
+            ids: a.events.iter().map(|e| e.id.clone()).collect(),
+            types: a.events.iter().map(|e| e.event_type.clone()).collect(),
+            data: a.events.iter().map(|e| e.data.to_string()).collect(),
+            meta: a.events.iter().map(|e| e.metadata.to_string()).collect(),
+            now: now_ms() as i64,
+        }
+    }
+
+    fn params<'a>(
+        &'a self,
+        stream: &'a String,
+    ) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 8] {
+        [
+            stream,
+            &self.kind,
+            &self.expected,
+            &self.ids,
+            &self.types,
+            &self.data,
+            &self.meta,
+            &self.now,
+        ]
+    }
+}
+
+fn append_result(r: &Row) -> AppendResult {
+    AppendResult {
+        next_expected_version: r.get::<_, i64>(0) as u64,
+        first_position: Position {
+            commit: r.get::<_, i64>(1) as u64,
+            prepare: r.get::<_, i64>(2) as u64,
+        },
+        last_position: Position {
+            commit: r.get::<_, i64>(3) as u64,
+            prepare: r.get::<_, i64>(4) as u64,
+        },
+    }
 }
 
 #[async_trait]
 impl EventStore for PostgresEventStore {
     async fn append_many(&self, appends: Vec<Append>) -> Result<Vec<AppendResult>, StoreError> {
         crate::event::validate_appends(&appends)?;
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_err)?;
+        let (mut client, st) = mainstay_core::pg::prepared(&self.pool, APPEND)
+            .await
+            .map_err(pg_err)?;
         let mut results = Vec::with_capacity(appends.len());
-        for a in &appends {
-            // An error drops `tx`: everything of this call rolls back.
-            results.push(append_one(&tx, a).await?);
+        if let [a] = appends.as_slice() {
+            // One stream: the function call is the whole transaction (one round trip).
+            let args = AppendArgs::new(a);
+            let row = client
+                .query_one(&st, &args.params(&a.stream))
+                .await
+                .map_err(|e| append_err(a, e))?;
+            results.push(append_result(&row));
+        } else {
+            let tx = client.transaction().await.map_err(pg_err)?;
+            for a in &appends {
+                let args = AppendArgs::new(a);
+                // An error drops `tx`: everything of this call rolls back.
+                let row = tx
+                    .query_one(&st, &args.params(&a.stream))
+                    .await
+                    .map_err(|e| append_err(a, e))?;
+                results.push(append_result(&row));
+            }
+            tx.commit().await.map_err(pg_err)?;
         }
-        tx.commit().await.map_err(pg_err)?;
         // Every event of the call has the transaction's id as its commit position.
         if let Some(t) = results.iter().map(|r| r.last_position.commit).max() {
             self.shared.wake.send_if_modified(|w| {
@@ -498,13 +598,7 @@ impl EventStore for PostgresEventStore {
         max: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         check_stream(stream)?;
-        let client = self.client().await?;
-        let row = client
-            .query_opt(STREAM_ROW, &[&stream])
-            .await
-            .map_err(pg_err)?
-            .map(|r| StreamRow::from_row(&r));
-        let row = match row {
+        let row = match self.stream_row(stream).await? {
             Some(r) if r.state == TOMBSTONED => {
                 return Err(StoreError::StreamDeleted(stream.to_string()))
             }
@@ -525,19 +619,19 @@ impl EventStore for PostgresEventStore {
                  ORDER BY version DESC LIMIT $3"
             ),
         };
-        let rows = client
-            .query(
-                &sql,
-                &[
-                    &stream,
-                    &(from.min(i64::MAX as u64) as i64),
-                    &(max.min(i64::MAX as usize) as i64),
-                    &first,
-                    &cutoff,
-                ],
-            )
-            .await
-            .map_err(pg_err)?;
+        let rows = mainstay_core::pg::query(
+            &self.pool,
+            &sql,
+            &[
+                &stream,
+                &(from.min(i64::MAX as u64) as i64),
+                &(max.min(i64::MAX as usize) as i64),
+                &first,
+                &cutoff,
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
         rows.iter().map(event_row).collect()
     }
 
@@ -553,23 +647,21 @@ impl EventStore for PostgresEventStore {
                AND tx < pg_snapshot_xmin(pg_current_snapshot())
                AND ($3::text IS NULL OR starts_with(stream_id, $3))
                AND (cardinality($4::text[]) = 0 OR event_type = ANY($4))
-             ORDER BY tx, seq LIMIT $5"
+             ORDER BY mainstay_events.tx, mainstay_events.seq LIMIT $5"
         );
-        let rows = self
-            .client()
-            .await?
-            .query(
-                &sql,
-                &[
-                    &after.commit.to_string(),
-                    &(after.prepare.min(i64::MAX as u64) as i64),
-                    &filter.stream_prefix,
-                    &filter.event_types,
-                    &(max.min(i64::MAX as usize) as i64),
-                ],
-            )
-            .await
-            .map_err(pg_err)?;
+        let rows = mainstay_core::pg::query(
+            &self.pool,
+            &sql,
+            &[
+                &after.commit.to_string(),
+                &(after.prepare.min(i64::MAX as u64) as i64),
+                &filter.stream_prefix,
+                &filter.event_types,
+                &(max.min(i64::MAX as usize) as i64),
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
         rows.iter().map(event_row).collect()
     }
 

@@ -243,6 +243,15 @@ async fn idempotent_append_replayed_1000_times(kind: Kind) {
             .await,
         Err(StoreError::WrongExpectedVersion { .. })
     ));
+    // The right current version, but a stored id in a new batch: refused, naming it.
+    let stale = vec![ev("E", 5), batch[1].clone()];
+    match s.append("s", ExpectedVersion::Exact(3), stale).await {
+        Err(StoreError::IdempotencyConflict { event_id, .. }) => {
+            assert_eq!(event_id, batch[1].id)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.stream_version("s").await.unwrap(), Some(3));
 }
 
 async fn multi_stream_append_is_all_or_nothing(kind: Kind) {
