@@ -77,6 +77,31 @@ DECLARE
     v_version bigint; v_state smallint; v_actual bigint; v_n int := cardinality(p_ids);
     v_found int; v_v0 bigint; v_first bigint;
 BEGIN
+    -- Fast path for an expected version that names the stream's state (NoStream,
+    -- Exact): one UPDATE locks the row, checks the expectation and bumps the version.
+    -- An old id among new events then fails the INSERT on the (stream_id, event_id) key.
+    IF p_kind IN (1, 3) THEN
+        UPDATE mainstay_streams s
+           SET version = CASE WHEN s.version < 0 THEN v_n - 1 ELSE s.version + v_n END, state = 0
+         WHERE s.stream_id = p_stream AND s.state <> 2
+           AND mainstay_expected_ok(p_kind, p_expected,
+                   CASE WHEN s.state = 1 OR s.version < 0 THEN NULL ELSE s.version END)
+        RETURNING s.version INTO next_version;
+        IF FOUND THEN
+            v_first := next_version - v_n + 1;
+            WITH ins AS (
+                INSERT INTO mainstay_events (stream_id, version, event_id, event_type, data, metadata, created_at_ms)
+                SELECT p_stream, v_first + u.k - 1, u.i, u.t, u.d, u.m, p_now
+                FROM unnest(p_ids, p_types, p_data, p_meta) WITH ORDINALITY AS u(i, t, d, m, k)
+                ORDER BY u.k
+                RETURNING seq)
+            SELECT min(ins.seq), max(ins.seq) INTO first_seq, last_seq FROM ins;
+            first_tx := pg_current_xact_id()::text::bigint;
+            last_tx := first_tx;
+            RETURN;
+        END IF;
+    END IF;
+    -- Otherwise (Any, StreamExists, a new stream, a refusal, or a retry): lock, then look.
     SELECT s.version, s.state INTO v_version, v_state
         FROM mainstay_streams s WHERE s.stream_id = p_stream FOR UPDATE;
     IF NOT FOUND THEN
