@@ -1,6 +1,7 @@
 //! Shared plumbing for Mainstay crates: unguessable ids, the wall clock, human durations,
 //! the configuration types that the library crates, the server and the CLI share, a
-//! PostgreSQL pool helper (feature `postgres`), and crash failpoints for fault tests.
+//! PostgreSQL pool helper (feature `postgres`), the SQLite open helper (feature `sqlite`), and crash
+//! failpoints for fault tests.
 //!
 //! Nothing here implements a pattern; it exists so that no two crates grow their own copy
 //! of the same helper. Time that drives protocol decisions inside a crate comes from
@@ -16,3 +17,5 @@ pub mod failpoint;
 pub mod id;
 #[cfg(feature = "postgres")]
 pub mod pg;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;

@@ -101,13 +101,8 @@ impl<P: SqliteProjection> SqliteProjector<P> {
         projection: P,
     ) -> Result<Self, ProjectionError> {
         check_name(projection.name())?;
-        let mut conn = Connection::open(path).map_err(db)?;
-        conn.busy_timeout(Duration::from_secs(30)).map_err(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(db)?;
-        conn.execute_batch(SCHEMA).map_err(db)?;
+        let mut conn = mainstay_core::sqlite::open(path.as_ref(), SCHEMA, Duration::from_secs(30))
+            .map_err(ProjectionError::ReadModel)?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db)?;

@@ -134,23 +134,8 @@ impl SqliteSagaLog {
     /// Opens (creating if needed) the saga tables in the file at `path`; creates parent
     /// directories.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, TxnError> {
-        let path = path.as_ref();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                TxnError::Config(format!(
-                    "cannot create data directory {}: {e}",
-                    dir.display()
-                ))
-            })?;
-        }
-        let conn = Connection::open(path)
-            .map_err(|e| TxnError::Config(format!("cannot open {}: {e}", path.display())))?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(db_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db_err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(db_err)?;
-        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        let conn = mainstay_core::sqlite::open(path.as_ref(), SCHEMA, Duration::from_secs(10))
+            .map_err(TxnError::Config)?;
         Ok(SqliteSagaLog {
             conn: Arc::new(Mutex::new(conn)),
         })

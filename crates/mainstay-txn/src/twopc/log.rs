@@ -150,21 +150,12 @@ mod sqlite {
     impl SqliteDecisionLog {
         /// Opens (creating if needed) the table in the file at `path`.
         pub fn open(path: impl AsRef<Path>) -> Result<Self, TxnError> {
-            let path = path.as_ref();
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    TxnError::Config(format!("cannot create {}: {e}", dir.display()))
-                })?;
-            }
-            let conn = Connection::open(path)
-                .map_err(|e| TxnError::Config(format!("cannot open {}: {e}", path.display())))?;
-            conn.busy_timeout(std::time::Duration::from_secs(10))
-                .map_err(db_err)?;
-            conn.pragma_update(None, "journal_mode", "WAL")
-                .map_err(db_err)?;
-            conn.pragma_update(None, "synchronous", "FULL")
-                .map_err(db_err)?;
-            conn.execute_batch(SCHEMA).map_err(db_err)?;
+            let conn = mainstay_core::sqlite::open(
+                path.as_ref(),
+                SCHEMA,
+                std::time::Duration::from_secs(10),
+            )
+            .map_err(TxnError::Config)?;
             Ok(SqliteDecisionLog {
                 conn: Arc::new(Mutex::new(conn)),
             })
