@@ -34,6 +34,21 @@ pub(crate) struct AppendBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(crate) struct AppendManyBody {
+    appends: Vec<StreamAppend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StreamAppend {
+    stream: String,
+    #[serde(default)]
+    expected_version: Option<Value>,
+    events: Vec<EventIn>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct EventIn {
     /// Give one to make retries idempotent; a fresh one is made when missing.
     #[serde(default)]
@@ -168,6 +183,53 @@ fn filter(q: &AllQuery) -> ReadAllFilter {
     }
 }
 
+fn event_data(events: Vec<EventIn>) -> Vec<EventData> {
+    events
+        .into_iter()
+        .map(|e| EventData {
+            id: e.id.unwrap_or_else(mainstay_core::id::unguessable),
+            event_type: e.event_type,
+            data: e.data,
+            metadata: e.metadata,
+        })
+        .collect()
+}
+
+fn result_json(stream: &str, r: &mainstay_eventstore::AppendResult) -> Value {
+    json!({
+        "stream": stream,
+        "next_expected_version": r.next_expected_version,
+        "first_position": r.first_position.to_string(),
+        "last_position": r.last_position.to_string(),
+    })
+}
+
+/// Appends to several streams in one transaction: all or nothing. 200 with one result
+/// per append, in order; a refusal names the stream it concerns.
+pub(crate) async fn append_many(
+    State(s): State<AppState>,
+    Body(b): Body<AppendManyBody>,
+) -> Result<Json<Value>, Problem> {
+    let mut appends = Vec::with_capacity(b.appends.len());
+    let mut count = 0;
+    for (i, a) in b.appends.into_iter().enumerate() {
+        let expected = expected_version(a.expected_version.as_ref())
+            .map_err(|p| p.with("field", format!("appends[{i}].expected_version")))?;
+        count += a.events.len();
+        appends.push(mainstay_eventstore::Append {
+            stream: a.stream,
+            expected,
+            events: event_data(a.events),
+        });
+    }
+    let streams: Vec<String> = appends.iter().map(|a| a.stream.clone()).collect();
+    let results = s.events.append_many(appends).await?;
+    s.metrics.events_appended(count);
+    Ok(Json(json!({
+        "results": streams.iter().zip(&results).map(|(st, r)| result_json(st, r)).collect::<Vec<_>>(),
+    })))
+}
+
 /// Appends a batch atomically: 200 with the new version and positions (also for an
 /// idempotent retry of the same event ids).
 pub(crate) async fn append(
@@ -178,24 +240,12 @@ pub(crate) async fn append(
     let stream = path(stream)?;
     let expected = expected_version(b.expected_version.as_ref())?;
     let count = b.events.len();
-    let events = b
+    let r = s
         .events
-        .into_iter()
-        .map(|e| EventData {
-            id: e.id.unwrap_or_else(mainstay_core::id::unguessable),
-            event_type: e.event_type,
-            data: e.data,
-            metadata: e.metadata,
-        })
-        .collect();
-    let r = s.events.append(&stream, expected, events).await?;
+        .append(&stream, expected, event_data(b.events))
+        .await?;
     s.metrics.events_appended(count);
-    Ok(Json(json!({
-        "stream": stream,
-        "next_expected_version": r.next_expected_version,
-        "first_position": r.first_position.to_string(),
-        "last_position": r.last_position.to_string(),
-    })))
+    Ok(Json(result_json(&stream, &r)))
 }
 
 /// Reads a stream forward (default, from version 0) or backward (default, from the end).

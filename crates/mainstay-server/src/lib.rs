@@ -128,6 +128,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sagas/{id}/abort", post(sagas::abort))
         .route("/v1/txns", get(txns::list).post(txns::run))
         .route("/v1/txns/{id}", get(txns::get))
+        .route("/v1/streams", post(events::append_many))
         .route(
             "/v1/streams/{stream}",
             get(events::read)

@@ -148,12 +148,16 @@ fn events(doc: &mut Value) {
         json!({"type": "string", "pattern": "^[0-9]+/[0-9]+$", "description": "COMMIT/PREPARE"});
     let expected = json!({"description": "\"any\" (default), \"no_stream\", \"stream_exists\", or the stream's current version",
         "oneOf": [{"enum": ["any", "no_stream", "stream_exists"]}, {"type": "integer", "minimum": 0}, {"type": "string", "pattern": "^[0-9]+$"}]});
+    let events_schema = json!({"type": "array", "minItems": 1, "items": {"type": "object", "additionalProperties": false, "required": ["type"], "properties": {
+        "id": {"type": "string", "maxLength": 256, "description": "give one so a retry is idempotent"},
+        "type": {"type": "string", "minLength": 1, "maxLength": 256}, "data": {}, "metadata": {}}}});
     let schemas = json!({
         "AppendRequest": {"type": "object", "additionalProperties": false, "required": ["events"], "properties": {
-            "expected_version": expected,
-            "events": {"type": "array", "minItems": 1, "items": {"type": "object", "additionalProperties": false, "required": ["type"], "properties": {
-                "id": {"type": "string", "maxLength": 256, "description": "give one so a retry is idempotent"},
-                "type": {"type": "string", "minLength": 1, "maxLength": 256}, "data": {}, "metadata": {}}}}}},
+            "expected_version": expected, "events": events_schema}},
+        "AppendManyRequest": {"type": "object", "additionalProperties": false, "required": ["appends"], "properties": {
+            "appends": {"type": "array", "minItems": 1, "items": {"type": "object", "additionalProperties": false, "required": ["stream", "events"],
+                "properties": {"stream": {"type": "string", "maxLength": 256}, "expected_version": expected, "events": events_schema}}}}},
+        "AppendManyResult": {"type": "object", "properties": {"results": {"type": "array", "items": {"$ref": "#/components/schemas/AppendResult"}}}},
         "AppendResult": {"type": "object", "properties": {"stream": {"type": "string"}, "next_expected_version": ms, "first_position": position, "last_position": position}},
         "RecordedEvent": {"type": "object", "properties": {"stream": {"type": "string"}, "version": ms, "position": position, "id": {"type": "string"},
             "type": {"type": "string"}, "data": {}, "metadata": {}, "created_at_ms": ms}},
@@ -185,6 +189,11 @@ fn events(doc: &mut Value) {
         r
     };
     let paths = json!({
+        "/v1/streams": {
+            "post": {"summary": "Append to several streams in one transaction (all or nothing); one result per append, in order",
+                "requestBody": body("AppendManyRequest"),
+                "responses": responses("AppendManyResult", &[("409", "wrong expected version or idempotency conflict (names the stream)"), ("410", "a stream is tombstoned"), ("413", "body over 1 MiB")])}
+        },
         "/v1/streams/{stream}": {
             "post": {"summary": "Append events atomically if the stream matches expected_version; the same event ids again return the first result", "parameters": [stream_param],
                 "requestBody": body("AppendRequest"), "responses": responses("AppendResult", &[("409", "wrong expected version (names expected and actual), or the ids are already stored elsewhere in the stream"), ("410", "the stream is tombstoned"), ("413", "body over 1 MiB")])},

@@ -496,3 +496,53 @@ fn events_cli_appends_reads_and_tails() {
     let (_, out, _) = run(&["read", "cart-1"], None);
     assert_eq!(out.lines().count(), 4);
 }
+
+/// `POST /v1/streams`: several streams in one transaction — all or nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_stream_append_over_http_is_all_or_nothing() {
+    let (locks, _dir) = sqlite_locks();
+    let base = serve(locks, None).await;
+    let (st, r) = post(
+        format!("{base}/v1/streams"),
+        json!({"appends": [
+            {"stream": "order-1", "expected_version": "no_stream", "events": [{"type": "Placed"}]},
+            {"stream": "stock-1", "events": [{"type": "Reserved"}, {"type": "Reserved"}]}
+        ]}),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["results"][0]["stream"], "order-1");
+    assert_eq!(r["results"][1]["next_expected_version"], 1);
+    // The second append's expectation fails: the first is not written either.
+    let (st, p) = post(
+        format!("{base}/v1/streams"),
+        json!({"appends": [
+            {"stream": "order-2", "events": [{"type": "Placed"}]},
+            {"stream": "stock-1", "expected_version": 0, "events": [{"type": "Reserved"}]}
+        ]}),
+    )
+    .await;
+    assert_eq!(st, 409, "{p}");
+    assert_eq!(
+        (p["stream"].as_str(), p["actual"].as_u64()),
+        (Some("stock-1"), Some(1))
+    );
+    let (st, _) = get(format!("{base}/v1/streams/order-2")).await;
+    assert_eq!(st, 404, "nothing of the refused call was written");
+    for (body, field) in [
+        (json!({"appends": []}), Some("appends")),
+        (
+            json!({"appends": [{"stream": "x-1", "expected_version": false, "events": [{"type": "T"}]}]}),
+            Some("appends[0].expected_version"),
+        ),
+        (json!({"appends": [{"events": [{"type": "T"}]}]}), None),
+    ] {
+        let (st, p) = post(format!("{base}/v1/streams"), body.clone()).await;
+        assert_eq!(st, 400, "{body}: {p}");
+        if let Some(f) = field {
+            assert_eq!(p["field"], f, "{body}: {p}");
+        }
+    }
+    let (_, all) = get(format!("{base}/v1/all")).await;
+    assert_eq!(all["events"].as_array().unwrap().len(), 3);
+}
