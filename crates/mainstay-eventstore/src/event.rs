@@ -32,6 +32,26 @@ impl std::fmt::Display for ExpectedVersion {
     }
 }
 
+impl std::str::FromStr for ExpectedVersion {
+    type Err = StoreError;
+
+    /// Parses the wire form (HTTP, CLI): `any`, `no_stream`, `stream_exists`, or a
+    /// version number.
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "any" => Ok(ExpectedVersion::Any),
+            "no_stream" => Ok(ExpectedVersion::NoStream),
+            "stream_exists" => Ok(ExpectedVersion::StreamExists),
+            n => n.parse().map(ExpectedVersion::Exact).map_err(|_| {
+                StoreError::invalid(
+                    "expected_version",
+                    format!("{n:?} is not any, no_stream, stream_exists or a version number"),
+                )
+            }),
+        }
+    }
+}
+
 impl ExpectedVersion {
     /// Whether a stream at `actual` satisfies it.
     pub fn matches(self, actual: Option<u64>) -> bool {
@@ -160,6 +180,23 @@ pub struct RecordedEvent {
     pub created_at_ms: u64,
 }
 
+impl RecordedEvent {
+    /// The event as the HTTP API and the CLI print it: the position as a
+    /// `COMMIT/PREPARE` string (the form `after=` and `Last-Event-ID` take back).
+    pub fn to_wire_json(&self) -> Value {
+        serde_json::json!({
+            "stream": self.stream,
+            "version": self.version,
+            "position": self.position.to_string(),
+            "id": self.id,
+            "type": self.event_type,
+            "data": self.data,
+            "metadata": self.metadata,
+            "created_at_ms": self.created_at_ms,
+        })
+    }
+}
+
 /// What an append stored (or, for an idempotent retry, had stored).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppendResult {
@@ -169,6 +206,19 @@ pub struct AppendResult {
     pub first_position: Position,
     /// Position of the last event of the batch.
     pub last_position: Position,
+}
+
+impl AppendResult {
+    /// The result of an append to `stream` as the HTTP API and the CLI print it
+    /// (positions as `COMMIT/PREPARE` strings).
+    pub fn to_wire_json(&self, stream: &str) -> Value {
+        serde_json::json!({
+            "stream": stream,
+            "next_expected_version": self.next_expected_version,
+            "first_position": self.first_position.to_string(),
+            "last_position": self.last_position.to_string(),
+        })
+    }
 }
 
 /// Reading direction.
@@ -248,6 +298,24 @@ pub(crate) fn check_snapshot(version: u64, data: &Value) -> Result<String, Store
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expected_versions_parse_from_the_wire_form() {
+        for (text, want) in [
+            ("any", ExpectedVersion::Any),
+            ("no_stream", ExpectedVersion::NoStream),
+            ("stream_exists", ExpectedVersion::StreamExists),
+            ("7", ExpectedVersion::Exact(7)),
+        ] {
+            assert_eq!(text.parse::<ExpectedVersion>().unwrap(), want);
+        }
+        for bad in ["", "-1", "Any", "7x"] {
+            assert!(matches!(
+                bad.parse::<ExpectedVersion>(),
+                Err(StoreError::InvalidArgument { ref field, .. }) if field == "expected_version"
+            ));
+        }
+    }
 
     #[test]
     fn positions_order_by_commit_then_prepare_and_round_trip() {

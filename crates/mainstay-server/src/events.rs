@@ -134,15 +134,7 @@ fn expected_version(v: Option<&Value>) -> Result<ExpectedVersion, Problem> {
 }
 
 fn parse_expected(s: &str) -> Result<ExpectedVersion, Problem> {
-    match s {
-        "any" => Ok(ExpectedVersion::Any),
-        "no_stream" => Ok(ExpectedVersion::NoStream),
-        "stream_exists" => Ok(ExpectedVersion::StreamExists),
-        n => n
-            .parse::<u64>()
-            .map(ExpectedVersion::Exact)
-            .map_err(|_| bad_expected()),
-    }
+    s.parse().map_err(|_| bad_expected())
 }
 
 fn position(s: &str, field: &str) -> Result<Position, Problem> {
@@ -151,20 +143,6 @@ fn position(s: &str, field: &str) -> Result<Position, Problem> {
             "{field} must be a position COMMIT/PREPARE (as events carry it), got {s:?}"
         ))
         .with("field", field.to_string())
-    })
-}
-
-/// The event as JSON, its position as a `COMMIT/PREPARE` string.
-pub(crate) fn event_json(e: &RecordedEvent) -> Value {
-    json!({
-        "stream": e.stream,
-        "version": e.version,
-        "position": e.position.to_string(),
-        "id": e.id,
-        "type": e.event_type,
-        "data": e.data,
-        "metadata": e.metadata,
-        "created_at_ms": e.created_at_ms,
     })
 }
 
@@ -195,15 +173,6 @@ fn event_data(events: Vec<EventIn>) -> Vec<EventData> {
         .collect()
 }
 
-fn result_json(stream: &str, r: &mainstay_eventstore::AppendResult) -> Value {
-    json!({
-        "stream": stream,
-        "next_expected_version": r.next_expected_version,
-        "first_position": r.first_position.to_string(),
-        "last_position": r.last_position.to_string(),
-    })
-}
-
 /// Appends to several streams in one transaction: all or nothing. 200 with one result
 /// per append, in order; a refusal names the stream it concerns.
 pub(crate) async fn append_many(
@@ -226,7 +195,7 @@ pub(crate) async fn append_many(
     let results = s.events.append_many(appends).await?;
     s.metrics.events_appended(count);
     Ok(Json(json!({
-        "results": streams.iter().zip(&results).map(|(st, r)| result_json(st, r)).collect::<Vec<_>>(),
+        "results": streams.iter().zip(&results).map(|(st, r)| r.to_wire_json(st)).collect::<Vec<_>>(),
     })))
 }
 
@@ -245,7 +214,7 @@ pub(crate) async fn append(
         .append(&stream, expected, event_data(b.events))
         .await?;
     s.metrics.events_appended(count);
-    Ok(Json(result_json(&stream, &r)))
+    Ok(Json(r.to_wire_json(&stream)))
 }
 
 /// Reads a stream forward (default, from version 0) or backward (default, from the end).
@@ -277,7 +246,7 @@ pub(crate) async fn read(
         .await?;
     Ok(Json(json!({
         "stream": stream,
-        "events": events.iter().map(event_json).collect::<Vec<_>>(),
+        "events": events.iter().map(RecordedEvent::to_wire_json).collect::<Vec<_>>(),
     })))
 }
 
@@ -301,7 +270,7 @@ pub(crate) async fn read_all(
     let events = s.events.read_all(after, limit, &filter(&q)).await?;
     let last = events.last().map_or(after, |e| e.position);
     Ok(Json(json!({
-        "events": events.iter().map(event_json).collect::<Vec<_>>(),
+        "events": events.iter().map(RecordedEvent::to_wire_json).collect::<Vec<_>>(),
         "last_position": last.to_string(),
     })))
 }
@@ -351,7 +320,7 @@ pub(crate) async fn subscribe_all(
                 let ev = Event::default()
                     .id(e.position.to_string())
                     .event(e.event_type.clone())
-                    .data(event_json(&e).to_string());
+                    .data(e.to_wire_json().to_string());
                 Some((Ok(ev), sub))
             }
             Err(e) => {

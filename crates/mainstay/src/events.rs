@@ -7,10 +7,9 @@
 use crate::config::Config;
 use anyhow::Context;
 use mainstay_eventstore::{
-    subscribe, Direction, EventData, ExpectedVersion, Position, ReadAllFilter, RecordedEvent,
-    SubscribeOptions,
+    subscribe, Direction, EventData, ExpectedVersion, Position, ReadAllFilter, SubscribeOptions,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
@@ -81,32 +80,6 @@ pub(crate) enum EventsCommand {
     },
 }
 
-fn event_json(e: &RecordedEvent) -> Value {
-    json!({
-        "stream": e.stream,
-        "version": e.version,
-        "position": e.position.to_string(),
-        "id": e.id,
-        "type": e.event_type,
-        "data": e.data,
-        "metadata": e.metadata,
-        "created_at_ms": e.created_at_ms,
-    })
-}
-
-fn expected(s: &str) -> anyhow::Result<ExpectedVersion> {
-    Ok(match s {
-        "any" => ExpectedVersion::Any,
-        "no_stream" => ExpectedVersion::NoStream,
-        "stream_exists" => ExpectedVersion::StreamExists,
-        n => ExpectedVersion::Exact(n.parse().with_context(|| {
-            format!(
-                "--expected-version must be any, no_stream, stream_exists or a number, not {n:?}"
-            )
-        })?),
-    })
-}
-
 fn json_arg(name: &str, text: &str) -> anyhow::Result<Value> {
     serde_json::from_str(text).with_context(|| format!("--{name} is not valid JSON"))
 }
@@ -161,7 +134,11 @@ pub(crate) async fn run(config: Config, cmd: EventsCommand) -> anyhow::Result<Ex
             id,
             expected_version,
         } => {
-            let expected = expected(&expected_version)?;
+            let expected: ExpectedVersion = expected_version.parse().with_context(|| {
+                format!(
+                    "--expected-version must be any, no_stream, stream_exists or a number, not {expected_version:?}"
+                )
+            })?;
             let events = match event_type {
                 Some(t) => vec![EventData {
                     id: id.unwrap_or_else(mainstay_core::id::unguessable),
@@ -181,16 +158,7 @@ pub(crate) async fn run(config: Config, cmd: EventsCommand) -> anyhow::Result<Ex
                 }
             };
             let r = store.append(&stream, expected, events).await?;
-            writeln!(
-                out,
-                "{}",
-                json!({
-                    "stream": stream,
-                    "next_expected_version": r.next_expected_version,
-                    "first_position": r.first_position.to_string(),
-                    "last_position": r.last_position.to_string(),
-                })
-            )?;
+            writeln!(out, "{}", r.to_wire_json(&stream))?;
         }
         EventsCommand::Read {
             stream,
@@ -220,7 +188,7 @@ pub(crate) async fn run(config: Config, cmd: EventsCommand) -> anyhow::Result<Ex
                 store.read_stream(&stream, from, direction, limit).await?
             };
             for e in &events {
-                writeln!(out, "{}", event_json(e))?;
+                writeln!(out, "{}", e.to_wire_json())?;
             }
         }
         EventsCommand::Tail {
@@ -238,7 +206,7 @@ pub(crate) async fn run(config: Config, cmd: EventsCommand) -> anyhow::Result<Ex
             let mut printed = 0u64;
             while count.is_none_or(|c| printed < c) {
                 let e = sub.next().await?;
-                writeln!(out, "{}", event_json(&e))?;
+                writeln!(out, "{}", e.to_wire_json())?;
                 out.flush()?;
                 if durable {
                     sub.checkpoint().await?;
