@@ -21,6 +21,9 @@ pub fn pool(url: &str, max_size: usize) -> Result<Pool, String> {
     );
     Pool::builder(manager)
         .max_size(max_size)
+        // The most recently used connection first: a few warm server processes serve a
+        // light load instead of every request waking a different (cold) one.
+        .queue_mode(deadpool_postgres::QueueMode::Lifo)
         .wait_timeout(Some(Duration::from_secs(10)))
         .create_timeout(Some(Duration::from_secs(10)))
         .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -31,14 +34,59 @@ pub fn pool(url: &str, max_size: usize) -> Result<Pool, String> {
 /// Runs `schema` (idempotent DDL) on a pooled connection. Concurrent first starts can
 /// race on the catalog; the loser's retry sees the tables.
 pub async fn ensure_schema(pool: &Pool, schema: &str) -> Result<(), String> {
-    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let client = pool.get().await.map_err(|e| e.describe())?;
     if client.batch_execute(schema).await.is_err() {
         client
             .batch_execute(schema)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.describe())?;
     }
     Ok(())
+}
+
+/// An error as text with its cause: tokio-postgres prints a server error as just
+/// "db error", and the message the user needs (what failed and why) is in its source.
+pub trait Describe {
+    /// `kind: cause: …`, following the source chain.
+    fn describe(&self) -> String;
+}
+
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+impl Describe for tokio_postgres::Error {
+    fn describe(&self) -> String {
+        chain(self)
+    }
+}
+
+impl Describe for deadpool_postgres::PoolError {
+    fn describe(&self) -> String {
+        chain(self)
+    }
+}
+
+impl Describe for String {
+    fn describe(&self) -> String {
+        self.clone()
+    }
+}
+
+impl Describe for &str {
+    fn describe(&self) -> String {
+        self.to_string()
+    }
 }
 
 type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
@@ -49,8 +97,8 @@ pub async fn prepared(
     pool: &Pool,
     sql: &str,
 ) -> Result<(deadpool_postgres::Object, tokio_postgres::Statement), String> {
-    let c = pool.get().await.map_err(|e| e.to_string())?;
-    let st = c.prepare_cached(sql).await.map_err(|e| e.to_string())?;
+    let c = pool.get().await.map_err(|e| e.describe())?;
+    let st = c.prepare_cached(sql).await.map_err(|e| e.describe())?;
     Ok((c, st))
 }
 
@@ -61,7 +109,7 @@ pub async fn query_opt(
     params: Params<'_>,
 ) -> Result<Option<tokio_postgres::Row>, String> {
     let (c, st) = prepared(pool, sql).await?;
-    c.query_opt(&st, params).await.map_err(|e| e.to_string())
+    c.query_opt(&st, params).await.map_err(|e| e.describe())
 }
 
 /// [`prepared`], then exactly one row.
@@ -71,7 +119,7 @@ pub async fn query_one(
     params: Params<'_>,
 ) -> Result<tokio_postgres::Row, String> {
     let (c, st) = prepared(pool, sql).await?;
-    c.query_one(&st, params).await.map_err(|e| e.to_string())
+    c.query_one(&st, params).await.map_err(|e| e.describe())
 }
 
 /// [`prepared`], then all rows.
@@ -81,11 +129,11 @@ pub async fn query(
     params: Params<'_>,
 ) -> Result<Vec<tokio_postgres::Row>, String> {
     let (c, st) = prepared(pool, sql).await?;
-    c.query(&st, params).await.map_err(|e| e.to_string())
+    c.query(&st, params).await.map_err(|e| e.describe())
 }
 
 /// [`prepared`], then the number of rows affected.
 pub async fn execute(pool: &Pool, sql: &str, params: Params<'_>) -> Result<u64, String> {
     let (c, st) = prepared(pool, sql).await?;
-    c.execute(&st, params).await.map_err(|e| e.to_string())
+    c.execute(&st, params).await.map_err(|e| e.describe())
 }

@@ -90,28 +90,47 @@ impl EventData {
         }
     }
 
-    pub(crate) fn validate(&self, at: &str) -> Result<(), StoreError> {
+    /// `at` names the event in an error (built only then).
+    pub(crate) fn validate(&self, at: impl Fn() -> String) -> Result<(), StoreError> {
         if self.id.is_empty() || self.id.len() > 256 {
             return Err(StoreError::invalid(
-                format!("{at}.id"),
+                format!("{}.id", at()),
                 "event ids must be 1 to 256 bytes",
             ));
         }
         if self.event_type.is_empty() || self.event_type.len() > 256 {
             return Err(StoreError::invalid(
-                format!("{at}.type"),
+                format!("{}.type", at()),
                 "event types must be 1 to 256 bytes",
             ));
         }
-        let size = self.data.to_string().len() + self.metadata.to_string().len();
+        let size = json_len(&self.data) + json_len(&self.metadata);
         if size > MAX_EVENT_BYTES {
             return Err(StoreError::invalid(
-                format!("{at}.data"),
+                format!("{}.data", at()),
                 format!("event is {size} bytes, more than {MAX_EVENT_BYTES}"),
             ));
         }
         Ok(())
     }
+}
+
+/// The length of `value` as compact JSON, counted without building the string.
+fn json_len(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a Value to a sink that cannot fail cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// A place in `$all`, ordered by `commit` then `prepare` (KurrentDB's shape).
@@ -254,7 +273,7 @@ pub(crate) fn validate_appends(appends: &[crate::Append]) -> Result<(), StoreErr
             ));
         }
         for (i, e) in append.events.iter().enumerate() {
-            e.validate(&format!("appends[{a}].events[{i}]"))?;
+            e.validate(|| format!("appends[{a}].events[{i}]"))?;
             if append.events[..i].iter().any(|o| o.id == e.id) {
                 return Err(StoreError::invalid(
                     format!("appends[{a}].events[{i}].id"),

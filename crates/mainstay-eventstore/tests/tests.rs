@@ -3,8 +3,8 @@
 use mainstay_eventstore::postgres::PostgresEventStore;
 use mainstay_eventstore::sqlite::SqliteEventStore;
 use mainstay_eventstore::{
-    subscribe, Append, Direction, EventData, EventStore, ExpectedVersion, Position, ReadAllFilter,
-    StoreError, SubscribeOptions,
+    subscribe, Append, DeleteMode, Direction, EventData, EventStore, ExpectedVersion, Position,
+    ReadAllFilter, StoreError, StreamMetadata, SubscribeOptions,
 };
 use mainstay_testkit::shared_postgres;
 use serde_json::json;
@@ -857,7 +857,6 @@ async fn all_streams(s: &Arc<dyn EventStore>) -> Vec<(String, u64)> {
 /// Retention by count, age and truncation hides events from stream reads at once;
 /// scavenging removes them from `$all`; bad metadata is refused and changes nothing.
 async fn retention_hides_then_scavenge_removes(kind: Kind) {
-    use mainstay_eventstore::StreamMetadata;
     let (s, _d) = store(kind).await;
     let batch = |n| (0..n).map(|i| ev("E", i)).collect::<Vec<_>>();
     s.append("count-1", ExpectedVersion::Any, batch(10))
@@ -968,7 +967,6 @@ per_store!(retention_hides_then_scavenge_removes);
 /// Soft delete: reads say not found, an append revives the stream with versions
 /// continuing; hard delete: gone from `$all` at once, and the name is dead for good.
 async fn soft_and_hard_delete(kind: Kind) {
-    use mainstay_eventstore::DeleteMode;
     let (s, _d) = store(kind).await;
     s.append("soft-1", ExpectedVersion::Any, vec![ev("E", 0), ev("E", 1)])
         .await
@@ -1055,6 +1053,238 @@ async fn soft_and_hard_delete(kind: Kind) {
     ));
 }
 per_store!(soft_and_hard_delete);
+
+/// Appends a marker event and waits until `$all` shows it: from then on `$all` shows
+/// every event committed before the marker's append began (on PostgreSQL it serves a
+/// commit only once every older transaction has ended).
+async fn settle_marker(s: &Arc<dyn EventStore>) {
+    let marker = format!("marker-{}", mainstay_core::id::unguessable());
+    s.append(&marker, ExpectedVersion::NoStream, vec![ev("Marker", 0)])
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let head = s
+            .read_all(Position::START, usize::MAX, &ReadAllFilter::default())
+            .await
+            .unwrap();
+        if head.iter().any(|e| e.stream == marker) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "$all never showed the marker"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// Eight writers append to one stream with `Exact` (re-reading the version on a conflict)
+/// until it is deleted under them. `Exact` appends do not lock the stream row on
+/// PostgreSQL, so this is what keeps an append from landing after a delete: a hard delete
+/// leaves no event of the stream anywhere and refuses later appends; after a soft delete
+/// and a revival only the revival's event is visible.
+async fn deletes_racing_exact_appends(kind: Kind) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    for mode in [DeleteMode::Hard, DeleteMode::Soft] {
+        let (s, _d) = store(kind).await;
+        let stream = format!("race-{mode:?}");
+        s.append(&stream, ExpectedVersion::NoStream, vec![ev("Opened", 0)])
+            .await
+            .unwrap();
+        let appended = Arc::new(AtomicU64::new(0));
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let (s, stream, appended) = (s.clone(), stream.clone(), appended.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let v = match s.stream_version(&stream).await {
+                            Ok(Some(v)) => v,
+                            // Soft-deleted (no version) or tombstoned: the race is over.
+                            Ok(None) | Err(StoreError::StreamDeleted(_)) => return,
+                            Err(e) => panic!("writer {w}: {e}"),
+                        };
+                        match s
+                            .append(&stream, ExpectedVersion::Exact(v), vec![ev("Added", w)])
+                            .await
+                        {
+                            Ok(_) => {
+                                appended.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(StoreError::WrongExpectedVersion { actual: None, .. })
+                            | Err(StoreError::StreamDeleted(_)) => return,
+                            Err(StoreError::WrongExpectedVersion { .. }) => {}
+                            Err(e) => panic!("writer {w}: {e}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        // Delete in the middle of the appends.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while appended.load(Ordering::Relaxed) < 100 {
+            assert!(std::time::Instant::now() < deadline, "writers stalled");
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        s.delete_stream(&stream, ExpectedVersion::Any, mode)
+            .await
+            .unwrap();
+        for w in writers {
+            w.await.unwrap();
+        }
+        match mode {
+            DeleteMode::Hard => {
+                settle_marker(&s).await;
+                let left: Vec<_> = s
+                    .read_all(
+                        Position::START,
+                        usize::MAX,
+                        &ReadAllFilter {
+                            stream_prefix: Some(stream.clone()),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
+                assert!(
+                    left.is_empty(),
+                    "{} events outlived the hard delete",
+                    left.len()
+                );
+                assert!(matches!(
+                    s.append(&stream, ExpectedVersion::Any, vec![ev("Late", 0)])
+                        .await,
+                    Err(StoreError::StreamDeleted(_))
+                ));
+            }
+            DeleteMode::Soft => {
+                s.append(&stream, ExpectedVersion::NoStream, vec![ev("Revived", 0)])
+                    .await
+                    .unwrap();
+                let visible = s
+                    .read_stream(&stream, 0, Direction::Forward, usize::MAX)
+                    .await
+                    .unwrap();
+                let types: Vec<&str> = visible.iter().map(|e| e.event_type.as_str()).collect();
+                assert_eq!(
+                    types,
+                    ["Revived"],
+                    "events from before the soft delete showed up"
+                );
+                // Versions continue after every event appended before the delete.
+                let total = 1 + appended.load(Ordering::Relaxed);
+                assert_eq!(visible[0].version, total);
+            }
+        }
+    }
+}
+per_store!(deletes_racing_exact_appends);
+
+/// `scavenge` runs over and over while eight writers append with `Exact` to a stream
+/// kept to its last 5 events: the version never goes back, no append is lost, and the
+/// stream ends with exactly its last 5 events.
+async fn scavenge_racing_appends_keeps_versions(kind: Kind) {
+    let (s, _d) = store(kind).await;
+    let stream = "kept";
+    s.append(stream, ExpectedVersion::NoStream, vec![ev("Opened", 0)])
+        .await
+        .unwrap();
+    s.set_stream_metadata(
+        stream,
+        StreamMetadata {
+            max_count: Some(5),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scavenger = {
+        let (s, stop) = (s.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut passes = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                s.scavenge().await.unwrap();
+                passes += 1;
+            }
+            passes
+        })
+    };
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut mine = 0;
+                let mut last = 0;
+                while mine < 25 {
+                    let v = s.stream_version(stream).await.unwrap().unwrap();
+                    assert!(v >= last, "version went back from {last} to {v}");
+                    last = v;
+                    match s
+                        .append(stream, ExpectedVersion::Exact(v), vec![ev("Added", w)])
+                        .await
+                    {
+                        Ok(r) => {
+                            assert_eq!(r.next_expected_version, v + 1);
+                            mine += 1;
+                        }
+                        Err(StoreError::WrongExpectedVersion { .. }) => {}
+                        Err(e) => panic!("writer {w}: {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(scavenger.await.unwrap() > 0);
+    s.scavenge().await.unwrap();
+    assert_eq!(s.stream_version(stream).await.unwrap(), Some(200));
+    assert_eq!(versions(&s, stream).await, vec![196, 197, 198, 199, 200]);
+    // A few uncontended appends (on PostgreSQL these leave the stream row behind), then
+    // truncate everything and scavenge it away: the version stays, and appends continue
+    // after it.
+    for v in 200..203 {
+        s.append(stream, ExpectedVersion::Exact(v), vec![ev("More", 0)])
+            .await
+            .unwrap();
+    }
+    s.set_stream_metadata(
+        stream,
+        StreamMetadata {
+            truncate_before: Some(204),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(s.scavenge().await.unwrap() > 0);
+    settle_marker(&s).await;
+    let left: Vec<(String, u64)> = all_streams(&s)
+        .await
+        .into_iter()
+        .filter(|(name, _)| name == stream)
+        .collect();
+    assert!(left.is_empty(), "scavenge left {left:?}");
+    assert_eq!(s.stream_version(stream).await.unwrap(), Some(203));
+    assert!(versions(&s, stream).await.is_empty());
+    let r = s
+        .append(stream, ExpectedVersion::Exact(203), vec![ev("After", 0)])
+        .await
+        .unwrap();
+    assert_eq!(r.next_expected_version, 204);
+    assert!(matches!(
+        s.append(stream, ExpectedVersion::Exact(202), vec![ev("Stale", 0)])
+            .await,
+        Err(StoreError::WrongExpectedVersion {
+            actual: Some(204),
+            ..
+        })
+    ));
+}
+per_store!(scavenge_racing_appends_keeps_versions);
 
 /// Snapshots: the latest is kept, an older one never replaces it, oversize is refused;
 /// correlation and causation ids travel in the metadata.

@@ -82,8 +82,8 @@ impl std::fmt::Debug for PostgresBackend {
     }
 }
 
-fn pg_err(e: impl std::fmt::Display) -> LockError {
-    LockError::backend("postgres", e)
+fn pg_err(e: impl mainstay_core::pg::Describe) -> LockError {
+    LockError::backend("postgres", e.describe())
 }
 
 impl PostgresBackend {

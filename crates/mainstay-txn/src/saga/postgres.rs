@@ -90,8 +90,12 @@ impl std::fmt::Debug for PostgresSagaLog {
     }
 }
 
-fn pg_err(e: impl std::fmt::Display) -> TxnError {
-    TxnError::backend("postgres", e)
+fn json_err(e: serde_json::Error) -> TxnError {
+    TxnError::backend("postgres", format!("JSON: {e}"))
+}
+
+fn pg_err(e: impl mainstay_core::pg::Describe) -> TxnError {
+    TxnError::backend("postgres", e.describe())
 }
 
 fn corrupt(e: impl std::fmt::Display) -> TxnError {
@@ -146,7 +150,7 @@ fn history_arrays(history: &[HistoryEntry]) -> Result<HistoryArrays, TxnError> {
                 .as_ref()
                 .map(serde_json::to_string)
                 .transpose()
-                .map_err(pg_err)?,
+                .map_err(json_err)?,
         );
     }
     Ok(h)
@@ -171,7 +175,7 @@ impl SagaLog for PostgresSagaLog {
     }
 
     async fn put_definition(&self, def: &SagaDefinition) -> Result<(), TxnError> {
-        let body = serde_json::to_string(def).map_err(pg_err)?;
+        let body = serde_json::to_string(def).map_err(json_err)?;
         mainstay_core::pg::execute(
             &self.pool,
             "INSERT INTO mainstay_saga_definitions (name, body) VALUES ($1, $2)
@@ -232,10 +236,10 @@ impl SagaLog for PostgresSagaLog {
              SELECT count(*) FROM s",
             rows = history_rows(15)
         );
-        let definition = serde_json::to_string(&saga.definition).map_err(pg_err)?;
+        let definition = serde_json::to_string(&saga.definition).map_err(json_err)?;
         let hash = mainstay_core::id::content_id(definition.as_bytes());
-        let input = serde_json::to_string(&saga.input).map_err(pg_err)?;
-        let steps = serde_json::to_string(&saga.steps).map_err(pg_err)?;
+        let input = serde_json::to_string(&saga.input).map_err(json_err)?;
+        let steps = serde_json::to_string(&saga.steps).map_err(json_err)?;
         let h = history_arrays(history)?;
         let inserted: i64 = mainstay_core::pg::query_one(
             &self.pool,
@@ -301,7 +305,7 @@ impl SagaLog for PostgresSagaLog {
              SELECT abort_requested FROM u",
             rows = history_rows(9)
         );
-        let steps = serde_json::to_string(&saga.steps).map_err(pg_err)?;
+        let steps = serde_json::to_string(&saga.steps).map_err(json_err)?;
         let h = history_arrays(history)?;
         let row = mainstay_core::pg::query_opt(
             &self.pool,
@@ -350,7 +354,7 @@ impl SagaLog for PostgresSagaLog {
              SELECT count(*) FROM u",
             rows = history_rows(8)
         );
-        let steps = serde_json::to_string(&saga.steps).map_err(pg_err)?;
+        let steps = serde_json::to_string(&saga.steps).map_err(json_err)?;
         let h = history_arrays(history)?;
         let n: i64 = mainstay_core::pg::query_one(
             &self.pool,

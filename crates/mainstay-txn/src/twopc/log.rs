@@ -314,15 +314,19 @@ mod postgres {
         }
     }
 
-    fn pg_err(e: impl std::fmt::Display) -> TxnError {
-        TxnError::backend("postgres", e)
+    fn json_err(e: serde_json::Error) -> TxnError {
+        TxnError::backend("postgres", format!("JSON: {e}"))
+    }
+
+    fn pg_err(e: impl mainstay_core::pg::Describe) -> TxnError {
+        TxnError::backend("postgres", e.describe())
     }
 
     fn row(r: &Row) -> Result<TxRecord, TxnError> {
         Ok(TxRecord {
             id: r.get(0),
             coordinator: r.get(1),
-            participants: serde_json::from_str(r.get::<_, &str>(2)).map_err(pg_err)?,
+            participants: serde_json::from_str(r.get::<_, &str>(2)).map_err(json_err)?,
             decision: parse_decision(r.get(3)).map_err(pg_err)?,
             reason: r.get(4),
             finished: r.get(5),
@@ -350,7 +354,7 @@ mod postgres {
         }
 
         async fn begin(&self, tx: &TxRecord) -> Result<(), TxnError> {
-            let parts = serde_json::to_string(&tx.participants).map_err(pg_err)?;
+            let parts = serde_json::to_string(&tx.participants).map_err(json_err)?;
             mainstay_core::pg::execute(
                 &self.pool,
                 "INSERT INTO mainstay_txns (id, coordinator, participants, created_at_ms)
