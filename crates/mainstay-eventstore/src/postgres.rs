@@ -3,7 +3,7 @@
 //! Appends run concurrently. An `Exact` append to a live stream is one `INSERT` that
 //! writes only its events (the `(stream_id, version)` key refuses a concurrent append to
 //! the same version); the other kinds lock only their stream's row. Deletes briefly lock
-//! the events table against appends (see [`FAST_EXACT`] and `docs/events.md`). An event's position is
+//! the events table against appends (see `FAST_EXACT` and `docs/events.md`). An event's position is
 //! `(commit, prepare)` = (the appending transaction's id, `xid8`; a sequence value).
 //! Sequence values are taken in no particular commit order, so `$all` is ordered by
 //! transaction id first, and a reader is served only events of transactions **older than
