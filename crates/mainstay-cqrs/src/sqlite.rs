@@ -6,7 +6,7 @@ use mainstay_core::failpoint;
 use mainstay_eventstore::{EventStore, Position, ReadAllFilter, RecordedEvent};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A read model kept in SQLite tables.
@@ -48,7 +48,7 @@ fn db(e: rusqlite::Error) -> ProjectionError {
 
 /// Runs one projection into a SQLite file (often the event store's own file).
 pub struct SqliteProjector<P> {
-    conn: Arc<Mutex<Connection>>,
+    conn: mainstay_core::sqlite::SharedConnection,
     store: Arc<dyn EventStore>,
     projection: Arc<P>,
     batch: usize,
@@ -122,7 +122,7 @@ impl<P: SqliteProjection> SqliteProjector<P> {
         }
         tx.commit().map_err(db)?;
         Ok(SqliteProjector {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: mainstay_core::sqlite::SharedConnection::new(conn),
             store,
             projection: Arc::new(projection),
             batch: 500,
@@ -139,10 +139,7 @@ impl<P: SqliteProjection> SqliteProjector<P> {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, ProjectionError> + Send + 'static,
     ) -> Result<T, ProjectionError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || f(&mut conn.lock().unwrap_or_else(|p| p.into_inner())))
-            .await
-            .map_err(|e| ProjectionError::ReadModel(e.to_string()))?
+        self.conn.run(f).await.map_err(ProjectionError::ReadModel)?
     }
 
     /// The active generation and its checkpoint.

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use mainstay_core::clock::now_ms;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -65,7 +65,7 @@ const COLUMNS: &str =
 /// An event store in a SQLite file.
 #[derive(Clone, Debug)]
 pub struct SqliteEventStore {
-    conn: Arc<Mutex<Connection>>,
+    conn: mainstay_core::sqlite::SharedConnection,
     /// Bumped after every append this instance commits: wakes its subscribers.
     appended: Arc<watch::Sender<u64>>,
     poll: Duration,
@@ -140,7 +140,7 @@ impl SqliteEventStore {
         let conn = mainstay_core::sqlite::open(path.as_ref(), SCHEMA, Duration::from_secs(10))
             .map_err(StoreError::Config)?;
         Ok(SqliteEventStore {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: mainstay_core::sqlite::SharedConnection::new(conn),
             appended: Arc::new(watch::channel(0).0),
             poll: DEFAULT_POLL_INTERVAL,
         })
@@ -158,13 +158,7 @@ impl SqliteEventStore {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
-        })
-        .await
-        .map_err(db_err)?
+        self.conn.run(f).await.map_err(db_err)?
     }
 }
 

@@ -18,7 +18,7 @@ use mainstay_core::clock::now_ms;
 use mainstay_core::config::BackendKind;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -60,7 +60,7 @@ WHERE name = ?1 AND lease_id = ?2 AND expires_at_ms > ?3";
 /// Locks in a SQLite file shared by the processes of one host.
 #[derive(Debug, Clone)]
 pub struct SqliteBackend {
-    conn: Arc<Mutex<Connection>>,
+    conn: mainstay_core::sqlite::SharedConnection,
     released: Arc<Notify>,
 }
 
@@ -75,7 +75,7 @@ impl SqliteBackend {
         let conn = mainstay_core::sqlite::open(path.as_ref(), SCHEMA, Duration::from_secs(10))
             .map_err(LockError::Config)?;
         Ok(SqliteBackend {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: mainstay_core::sqlite::SharedConnection::new(conn),
             released: Arc::new(Notify::new()),
         })
     }
@@ -84,14 +84,11 @@ impl SqliteBackend {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, LockError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&guard)
-        })
-        .await
-        .map_err(db_err)?
-        .map_err(db_err)
+        self.conn
+            .run(move |c| f(c))
+            .await
+            .map_err(db_err)?
+            .map_err(db_err)
     }
 }
 

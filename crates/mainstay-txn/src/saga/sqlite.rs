@@ -13,7 +13,6 @@ use async_trait::async_trait;
 use mainstay_core::clock::now_ms;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const SCHEMA: &str = "
@@ -66,7 +65,7 @@ const ACTIVE: &str = "('pending', 'running', 'compensating')";
 /// A saga log in a SQLite file shared by the processes of one host.
 #[derive(Clone, Debug)]
 pub struct SqliteSagaLog {
-    conn: Arc<Mutex<Connection>>,
+    conn: mainstay_core::sqlite::SharedConnection,
 }
 
 fn db_err(e: impl std::fmt::Display) -> TxnError {
@@ -137,7 +136,7 @@ impl SqliteSagaLog {
         let conn = mainstay_core::sqlite::open(path.as_ref(), SCHEMA, Duration::from_secs(10))
             .map_err(TxnError::Config)?;
         Ok(SqliteSagaLog {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: mainstay_core::sqlite::SharedConnection::new(conn),
         })
     }
 
@@ -145,14 +144,7 @@ impl SqliteSagaLog {
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, TxnError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
-        })
-        .await
-        .map_err(db_err)?
-        .map_err(db_err)
+        self.conn.run(f).await.map_err(db_err)?.map_err(db_err)
     }
 }
 

@@ -103,7 +103,6 @@ mod sqlite {
     use mainstay_core::clock::now_ms;
     use rusqlite::{params, Connection, OptionalExtension, Row};
     use std::path::Path;
-    use std::sync::{Arc, Mutex};
 
     const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS mainstay_txns (
@@ -122,7 +121,7 @@ mod sqlite {
     /// The decision log in a SQLite file (WAL, `synchronous=FULL`).
     #[derive(Clone, Debug)]
     pub struct SqliteDecisionLog {
-        conn: Arc<Mutex<Connection>>,
+        conn: mainstay_core::sqlite::SharedConnection,
     }
 
     fn db_err(e: impl std::fmt::Display) -> TxnError {
@@ -157,7 +156,7 @@ mod sqlite {
             )
             .map_err(TxnError::Config)?;
             Ok(SqliteDecisionLog {
-                conn: Arc::new(Mutex::new(conn)),
+                conn: mainstay_core::sqlite::SharedConnection::new(conn),
             })
         }
 
@@ -165,14 +164,11 @@ mod sqlite {
             &self,
             f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
         ) -> Result<T, TxnError> {
-            let conn = self.conn.clone();
-            tokio::task::spawn_blocking(move || {
-                let guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-                f(&guard)
-            })
-            .await
-            .map_err(db_err)?
-            .map_err(db_err)
+            self.conn
+                .run(move |c| f(c))
+                .await
+                .map_err(db_err)?
+                .map_err(db_err)
         }
     }
 
