@@ -4,7 +4,7 @@ use crate::projection::{check_name, table, Step};
 use crate::ProjectionError;
 use async_trait::async_trait;
 use mainstay_core::failpoint;
-use mainstay_eventstore::{EventStore, Position, ReadAllFilter, RecordedEvent};
+use mainstay_eventstore::{EventStore, Position, ReadAllFilter, RecordedEvent, StoreError};
 use std::sync::Arc;
 use tokio_postgres::{Client, GenericClient, NoTls, Transaction};
 
@@ -43,11 +43,34 @@ CREATE TABLE IF NOT EXISTS mainstay_projection_checkpoints (
 );";
 
 fn db(e: tokio_postgres::Error) -> ProjectionError {
-    ProjectionError::ReadModel(e.to_string())
+    use mainstay_core::pg::Describe;
+    // 57P01–57P03: terminated by an administrator, server shutting down or starting;
+    // class 08: connection exceptions.
+    let code = e.code().map(|c| c.code()).unwrap_or_default();
+    if e.is_closed() || matches!(code, "57P01" | "57P02" | "57P03") || code.starts_with("08") {
+        ProjectionError::ConnectionLost(e.describe())
+    } else {
+        ProjectionError::ReadModel(e.describe())
+    }
 }
+
+/// A connection whose driver runs in the background (and logs how it ended).
+async fn connect_client(url: &str) -> Result<Client, ProjectionError> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.map_err(db)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "projection connection ended");
+        }
+    });
+    Ok(client)
+}
+
+const RECONNECT_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+const RECONNECT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs one projection into a PostgreSQL database (often the event store's own).
 pub struct PgProjector<P> {
+    url: String,
     client: tokio::sync::Mutex<Client>,
     store: Arc<dyn EventStore>,
     projection: Arc<P>,
@@ -114,12 +137,7 @@ impl<P: PgProjection> PgProjector<P> {
         projection: P,
     ) -> Result<Self, ProjectionError> {
         check_name(projection.name())?;
-        let (mut client, conn) = tokio_postgres::connect(url, NoTls).await.map_err(db)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::warn!(error = %e, "projection connection ended");
-            }
-        });
+        let mut client = connect_client(url).await?;
         // Concurrent first starts: the advisory lock orders them.
         let tx = client.transaction().await.map_err(db)?;
         tx.execute("SELECT pg_advisory_xact_lock(7202611)", &[])
@@ -144,6 +162,7 @@ impl<P: PgProjection> PgProjector<P> {
         }
         tx.commit().await.map_err(db)?;
         Ok(PgProjector {
+            url: url.to_string(),
             client: tokio::sync::Mutex::new(client),
             store,
             projection: Arc::new(projection),
@@ -242,12 +261,49 @@ impl<P: PgProjection> PgProjector<P> {
     }
 
     /// Projects forever: catches up, then applies new events as they are appended.
-    /// Returns only on an error (the caller decides whether to restart).
+    ///
+    /// A lost connection to the read model's database (a restart, a failover, a network
+    /// cut) is not an error here: the batch in flight committed with its checkpoint or
+    /// not at all, so `run` reconnects — backing off from 100 ms to 5 s — and goes on
+    /// from the stored checkpoint, still exactly once. Event store backend failures are
+    /// retried with the same backoff. It returns on any other error (a projection that
+    /// fails to apply an event, say), and the caller decides whether to restart.
+    /// [`Self::catch_up`] and [`Self::rebuild`] return every error.
     pub async fn run(&self) -> Result<(), ProjectionError> {
         let mut wakeups = self.store.wakeups().await?;
+        let mut backoff = RECONNECT_MIN;
         loop {
-            if self.step(None).await? == Step::Idle {
-                wakeups.wait().await?;
+            let outcome = match self.step(None).await {
+                Ok(Step::Idle) => wakeups.wait().await.map_err(ProjectionError::from),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(()) => backoff = RECONNECT_MIN,
+                Err(ProjectionError::ConnectionLost(e)) => {
+                    tracing::warn!(projection = self.projection.name(), error = %e,
+                        "read model connection lost; reconnecting");
+                    loop {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(RECONNECT_MAX);
+                        match connect_client(&self.url).await {
+                            Ok(c) => {
+                                *self.client.lock().await = c;
+                                break;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "reconnect failed"),
+                        }
+                    }
+                }
+                // The event store's own connections failing (the same restart or cut):
+                // reading again later is safe.
+                Err(ProjectionError::Store(StoreError::Backend { message, .. })) => {
+                    tracing::warn!(projection = self.projection.name(), error = %message,
+                        "event store failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RECONNECT_MAX);
+                }
+                Err(e) => return Err(e),
             }
         }
     }

@@ -21,6 +21,10 @@ pub enum ProjectionError {
     /// The handler failed.
     #[error("handler: {0}")]
     Handler(String),
+    /// The connection to the read model's database ended (a restart, a failover, a cut).
+    /// A batch in flight committed or not as a whole; its checkpoint tells which.
+    #[error("read model connection lost: {0}")]
+    ConnectionLost(String),
 }
 
 /// Projection names become table and view names.
