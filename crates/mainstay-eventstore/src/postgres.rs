@@ -470,6 +470,122 @@ impl PostgresEventStore {
     }
 }
 
+/// How an append attempt failed: its connection was lost (repeat it), or anything else.
+enum Failed {
+    Lost(String),
+    Refused(StoreError),
+}
+
+/// How often an append is repeated after losing its connection (one more than the pool
+/// can hold dead connections).
+const LOST_RETRIES: usize = 33;
+
+/// The server ended the connection: terminated (57P01), shut down (57P02), not accepting
+/// connections yet (57P03), a connection exception (08…), or the socket closed.
+fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    let code = e.code().map(|c| c.code()).unwrap_or_default();
+    e.is_closed() || matches!(code, "57P01" | "57P02" | "57P03") || code.starts_with("08")
+}
+
+fn lost_or(e: tokio_postgres::Error, a: Option<&Append>) -> Failed {
+    use mainstay_core::pg::Describe;
+    if connection_lost(&e) {
+        Failed::Lost(e.describe())
+    } else {
+        Failed::Refused(match a {
+            Some(a) => append_err(a, e),
+            None => pg_err(e),
+        })
+    }
+}
+
+impl PostgresEventStore {
+    /// One attempt of [`EventStore::append_many`] (already validated).
+    async fn append_once(&self, appends: &[Append]) -> Result<Vec<AppendResult>, Failed> {
+        let mut client = self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => lost_or(e, None),
+            e => Failed::Refused(pg_err(e)),
+        })?;
+        let st = client
+            .prepare_cached(APPEND)
+            .await
+            .map_err(|e| lost_or(e, None))?;
+        let mut results = Vec::with_capacity(appends.len());
+        if let [a] = appends {
+            let args = AppendArgs::new(a);
+            // NoStream and Exact: one plain statement does it all (no function call); it
+            // writes nothing when its check fails, and the function then sorts that out.
+            let mut fast = None;
+            let fast_sql = match a.expected {
+                ExpectedVersion::NoStream => Some(FAST_APPEND),
+                ExpectedVersion::Exact(_) => Some(FAST_EXACT),
+                _ => None,
+            };
+            if let Some(sql) = fast_sql {
+                let fst = client
+                    .prepare_cached(sql)
+                    .await
+                    .map_err(|e| lost_or(e, None))?;
+                match client.query(&fst, &args.params(&a.stream)).await {
+                    Ok(rows) if sql == FAST_EXACT && !rows.is_empty() => {
+                        if let ExpectedVersion::Exact(v) = a.expected {
+                            fast = Some(fast_exact_result(&rows[0], v, a.events.len()));
+                        }
+                    }
+                    Ok(rows)
+                        if rows
+                            .first()
+                            .is_some_and(|r| r.get::<_, Option<i64>>(0).is_some()) =>
+                    {
+                        fast = Some(append_result(&rows[0]))
+                    }
+                    Ok(_) => {}
+                    // A version taken meanwhile, or an id already stored (perhaps this
+                    // very batch: a retry): the function tells which.
+                    Err(e) if unique_violation(&e) => {}
+                    Err(e) => return Err(lost_or(e, Some(a))),
+                }
+            }
+            let result = match fast {
+                Some(r) => r,
+                None => {
+                    // The function call is the whole transaction (one round trip).
+                    let mut races = 0;
+                    loop {
+                        match client.query_one(&st, &args.params(&a.stream)).await {
+                            Ok(row) => break append_result(&row),
+                            Err(e) if version_race(&e) && races < RACE_RETRIES => races += 1,
+                            Err(e) => return Err(lost_or(e, Some(a))),
+                        }
+                    }
+                }
+            };
+            results.push(result);
+        } else {
+            let args: Vec<AppendArgs> = appends.iter().map(AppendArgs::new).collect();
+            let mut races = 0;
+            'attempt: loop {
+                results.clear();
+                let tx = client.transaction().await.map_err(|e| lost_or(e, None))?;
+                for (a, args) in appends.iter().zip(&args) {
+                    // An error drops `tx`: everything of this call rolls back.
+                    match tx.query_one(&st, &args.params(&a.stream)).await {
+                        Ok(row) => results.push(append_result(&row)),
+                        Err(e) if version_race(&e) && races < RACE_RETRIES => {
+                            races += 1;
+                            continue 'attempt;
+                        }
+                        Err(e) => return Err(lost_or(e, Some(a))),
+                    }
+                }
+                tx.commit().await.map_err(|e| lost_or(e, None))?;
+                break;
+            }
+        }
+        Ok(results)
+    }
+}
+
 const SOFT_DELETED: i16 = 1;
 const TOMBSTONED: i16 = 2;
 
@@ -717,78 +833,22 @@ fn append_result(r: &Row) -> AppendResult {
 impl EventStore for PostgresEventStore {
     async fn append_many(&self, appends: Vec<Append>) -> Result<Vec<AppendResult>, StoreError> {
         crate::event::validate_appends(&appends)?;
-        let (mut client, st) = mainstay_core::pg::prepared(&self.pool, APPEND)
-            .await
-            .map_err(pg_err)?;
-        let mut results = Vec::with_capacity(appends.len());
-        if let [a] = appends.as_slice() {
-            let args = AppendArgs::new(a);
-            // NoStream and Exact: one plain statement does it all (no function call); it
-            // writes nothing when its check fails, and the function then sorts that out.
-            let mut fast = None;
-            let fast_sql = match a.expected {
-                ExpectedVersion::NoStream => Some(FAST_APPEND),
-                ExpectedVersion::Exact(_) => Some(FAST_EXACT),
-                _ => None,
-            };
-            if let Some(sql) = fast_sql {
-                let fst = client.prepare_cached(sql).await.map_err(pg_err)?;
-                match client.query(&fst, &args.params(&a.stream)).await {
-                    Ok(rows) if sql == FAST_EXACT && !rows.is_empty() => {
-                        if let ExpectedVersion::Exact(v) = a.expected {
-                            fast = Some(fast_exact_result(&rows[0], v, a.events.len()));
-                        }
-                    }
-                    Ok(rows)
-                        if rows
-                            .first()
-                            .is_some_and(|r| r.get::<_, Option<i64>>(0).is_some()) =>
-                    {
-                        fast = Some(append_result(&rows[0]))
-                    }
-                    Ok(_) => {}
-                    // A version taken meanwhile, or an id already stored (perhaps this
-                    // very batch: a retry): the function tells which.
-                    Err(e) if unique_violation(&e) => {}
-                    Err(e) => return Err(append_err(a, e)),
+        // A connection that the server ended (a restart, a failover, a cut) fails the call
+        // without running it — or after its commit, with the reply lost. Either way the
+        // append is safe to repeat on another connection: ids make it idempotent. Each
+        // attempt uses up one dead pooled connection.
+        let mut attempts = 0;
+        let results = loop {
+            match self.append_once(&appends).await {
+                Ok(results) => break results,
+                Err(Failed::Lost(e)) if attempts < LOST_RETRIES => {
+                    attempts += 1;
+                    tracing::debug!(error = %e, attempts, "append lost its connection; retrying");
                 }
+                Err(Failed::Lost(e)) => return Err(pg_err(e)),
+                Err(Failed::Refused(e)) => return Err(e),
             }
-            let result = match fast {
-                Some(r) => r,
-                None => {
-                    // The function call is the whole transaction (one round trip).
-                    let mut races = 0;
-                    loop {
-                        match client.query_one(&st, &args.params(&a.stream)).await {
-                            Ok(row) => break append_result(&row),
-                            Err(e) if version_race(&e) && races < RACE_RETRIES => races += 1,
-                            Err(e) => return Err(append_err(a, e)),
-                        }
-                    }
-                }
-            };
-            results.push(result);
-        } else {
-            let args: Vec<AppendArgs> = appends.iter().map(AppendArgs::new).collect();
-            let mut races = 0;
-            'attempt: loop {
-                results.clear();
-                let tx = client.transaction().await.map_err(pg_err)?;
-                for (a, args) in appends.iter().zip(&args) {
-                    // An error drops `tx`: everything of this call rolls back.
-                    match tx.query_one(&st, &args.params(&a.stream)).await {
-                        Ok(row) => results.push(append_result(&row)),
-                        Err(e) if version_race(&e) && races < RACE_RETRIES => {
-                            races += 1;
-                            continue 'attempt;
-                        }
-                        Err(e) => return Err(append_err(a, e)),
-                    }
-                }
-                tx.commit().await.map_err(pg_err)?;
-                break;
-            }
-        }
+        };
         // Every event of the call has the transaction's id as its commit position.
         if let Some(t) = results.iter().map(|r| r.last_position.commit).max() {
             self.shared.wake.send_if_modified(|w| {

@@ -1286,6 +1286,66 @@ async fn scavenge_racing_appends_keeps_versions(kind: Kind) {
 }
 per_store!(scavenge_racing_appends_keeps_versions);
 
+/// Every connection to the database is terminated (as a restart or failover would) right
+/// before each of 20 appends; each append still succeeds exactly once — it is repeated
+/// on a fresh connection, safely, because its event ids make it idempotent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_append_survives_its_connections_being_cut() {
+    let pg = shared_postgres();
+    let url = pg.database().await.unwrap();
+    let s = PostgresEventStore::connect(&url).await.unwrap();
+    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // Fill the pool with several connections, so several of them die at each cut.
+    let warm: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.append(
+                    &format!("warm-{i}"),
+                    ExpectedVersion::NoStream,
+                    vec![ev("W", i)],
+                )
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    for w in warm {
+        w.await.unwrap();
+    }
+    let mut version = None;
+    for i in 0..20 {
+        let cut: i64 = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(cut > 0);
+        let expected = version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+        let r = s
+            .append("cut", expected, vec![ev("Added", i)])
+            .await
+            .unwrap_or_else(|e| panic!("append {i} after the cut: {e}"));
+        version = Some(r.next_expected_version);
+    }
+    let events = s
+        .read_stream("cut", 0, Direction::Forward, usize::MAX)
+        .await
+        .unwrap();
+    let ns: Vec<i64> = events
+        .iter()
+        .map(|e| e.data["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ns, (0..20).collect::<Vec<i64>>());
+}
+
 /// Snapshots: the latest is kept, an older one never replaces it, oversize is refused;
 /// correlation and causation ids travel in the metadata.
 async fn snapshots_and_causation(kind: Kind) {
