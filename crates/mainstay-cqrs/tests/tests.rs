@@ -552,10 +552,6 @@ async fn postgres_projector_reconnects_after_its_connection_is_cut() {
         let p = p.clone();
         tokio::spawn(async move { p.run().await })
     };
-    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
     let mut total = 0;
     for round in 0..3u64 {
         append_events(s.clone(), 300, round).await;
@@ -564,15 +560,7 @@ async fn postgres_projector_reconnects_after_its_connection_is_cut() {
         if round < 2 {
             // Cut every other connection to this database: the projector's, the store's
             // pool and its LISTEN connection.
-            let cut: i64 = admin
-                .query_one(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                     WHERE datname = current_database() AND pid <> pg_backend_pid()",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
+            let cut = mainstay_testkit::terminate_connections(&url).await.unwrap();
             assert!(cut > 0);
             // The store's pooled connections die with them; a call that races the cut
             // fails once (appends are safe to retry: idempotent by event id). Wait until

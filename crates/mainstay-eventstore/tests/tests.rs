@@ -1294,10 +1294,6 @@ async fn postgres_append_survives_its_connections_being_cut() {
     let pg = shared_postgres();
     let url = pg.database().await.unwrap();
     let s = PostgresEventStore::connect(&url).await.unwrap();
-    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
     // Fill the pool with several connections, so several of them die at each cut.
     let warm: Vec<_> = (0..8)
         .map(|i| {
@@ -1318,15 +1314,7 @@ async fn postgres_append_survives_its_connections_being_cut() {
     }
     let mut version = None;
     for i in 0..20 {
-        let cut: i64 = admin
-            .query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let cut = mainstay_testkit::terminate_connections(&url).await.unwrap();
         assert!(cut > 0);
         let expected = version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
         let r = s

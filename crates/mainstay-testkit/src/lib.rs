@@ -22,7 +22,8 @@ pub use process::Process;
 pub use proxy::{ProxyMode, TcpProxy};
 pub use servers::{
     create_database, shared_etcd, shared_nats, shared_postgres, shared_redis, shared_zookeeper,
-    EtcdServer, HasUrl, NatsServer, PostgresServer, RedisServer, Shared, ZooKeeperServer,
+    terminate_connections, EtcdServer, HasUrl, NatsServer, PostgresServer, RedisServer, Shared,
+    ZooKeeperServer,
 };
 
 use std::sync::atomic::{AtomicU64, Ordering};

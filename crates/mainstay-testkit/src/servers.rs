@@ -380,6 +380,24 @@ pub async fn create_database(admin_url: &str) -> anyhow::Result<String> {
     Ok(format!("{base}/{name}"))
 }
 
+/// Terminates every connection to the database at `url` but this call's own — what a
+/// server restart or failover does to clients — and returns how many it ended.
+pub async fn terminate_connections(url: &str) -> anyhow::Result<i64> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(conn);
+    let cut: i64 = client
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await?
+        .get(0);
+    drop(client);
+    let _ = driver.await;
+    Ok(cut)
+}
+
 impl Shared<PostgresServer> {
     /// A fresh, empty database on this server.
     pub async fn database(&self) -> anyhow::Result<String> {
