@@ -137,3 +137,61 @@ pub async fn execute(pool: &Pool, sql: &str, params: Params<'_>) -> Result<u64, 
     let (c, st) = prepared(pool, sql).await?;
     c.execute(&st, params).await.map_err(|e| e.describe())
 }
+
+/// The server ended the connection: terminated by an administrator (57P01), shutting down
+/// (57P02), not accepting connections yet (57P03), a connection exception (class 08), or
+/// the socket closed. A statement that failed so did not run — or, if it was a commit,
+/// may have run with the reply lost.
+pub fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    let code = e.code().map(|c| c.code()).unwrap_or_default();
+    e.is_closed() || matches!(code, "57P01" | "57P02" | "57P03") || code.starts_with("08")
+}
+
+/// How often a statement safe to repeat is repeated after losing its connection: one
+/// more than a pool of 32 can hold dead connections after a restart (each attempt uses
+/// one up).
+pub const LOST_RETRIES: usize = 33;
+
+/// [`query`] for a statement that only reads: repeated on a fresh connection when the
+/// server ended the one it ran on (a restart, a failover, a cut) — a read is safe to
+/// repeat.
+pub async fn read(
+    pool: &Pool,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Vec<tokio_postgres::Row>, String> {
+    let mut attempts = 0;
+    loop {
+        let outcome = async {
+            let c = pool.get().await.map_err(|e| match e {
+                deadpool_postgres::PoolError::Backend(e) => Err(e),
+                e => Ok(e.describe()),
+            })?;
+            let st = c.prepare_cached(sql).await.map_err(Err)?;
+            c.query(&st, params).await.map_err(Err)
+        }
+        .await;
+        match outcome {
+            Ok(rows) => return Ok(rows),
+            Err(Err(e)) if connection_lost(&e) && attempts < LOST_RETRIES => attempts += 1,
+            Err(Err(e)) => return Err(e.describe()),
+            Err(Ok(text)) => return Err(text),
+        }
+    }
+}
+
+/// [`read`], then at most one row.
+pub async fn read_opt(
+    pool: &Pool,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Option<tokio_postgres::Row>, String> {
+    let mut rows = read(pool, sql, params).await?;
+    if rows.len() > 1 {
+        return Err(format!(
+            "query returned {} rows, expected at most one",
+            rows.len()
+        ));
+    }
+    Ok(rows.pop())
+}

@@ -44,10 +44,7 @@ CREATE TABLE IF NOT EXISTS mainstay_projection_checkpoints (
 
 fn db(e: tokio_postgres::Error) -> ProjectionError {
     use mainstay_core::pg::Describe;
-    // 57P01–57P03: terminated by an administrator, server shutting down or starting;
-    // class 08: connection exceptions.
-    let code = e.code().map(|c| c.code()).unwrap_or_default();
-    if e.is_closed() || matches!(code, "57P01" | "57P02" | "57P03") || code.starts_with("08") {
+    if mainstay_core::pg::connection_lost(&e) {
         ProjectionError::ConnectionLost(e.describe())
     } else {
         ProjectionError::ReadModel(e.describe())

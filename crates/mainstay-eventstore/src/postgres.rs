@@ -24,6 +24,7 @@ use crate::{
 use async_trait::async_trait;
 use deadpool_postgres::{Object, Pool};
 use mainstay_core::clock::now_ms;
+use mainstay_core::pg::{connection_lost, LOST_RETRIES};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -462,7 +463,7 @@ impl PostgresEventStore {
 
     async fn stream_row(&self, stream: &str) -> Result<Option<StreamRow>, StoreError> {
         Ok(
-            mainstay_core::pg::query_opt(&self.pool, STREAM_ROW, &[&stream])
+            mainstay_core::pg::read_opt(&self.pool, STREAM_ROW, &[&stream])
                 .await
                 .map_err(pg_err)?
                 .map(|r| StreamRow::from_row(&r)),
@@ -474,17 +475,6 @@ impl PostgresEventStore {
 enum Failed {
     Lost(String),
     Refused(StoreError),
-}
-
-/// How often an append is repeated after losing its connection (one more than the pool
-/// can hold dead connections).
-const LOST_RETRIES: usize = 33;
-
-/// The server ended the connection: terminated (57P01), shut down (57P02), not accepting
-/// connections yet (57P03), a connection exception (08…), or the socket closed.
-fn connection_lost(e: &tokio_postgres::Error) -> bool {
-    let code = e.code().map(|c| c.code()).unwrap_or_default();
-    e.is_closed() || matches!(code, "57P01" | "57P02" | "57P03") || code.starts_with("08")
 }
 
 fn lost_or(e: tokio_postgres::Error, a: Option<&Append>) -> Failed {
@@ -894,7 +884,7 @@ impl EventStore for PostgresEventStore {
                  ORDER BY version DESC LIMIT $3"
             ),
         };
-        let rows = mainstay_core::pg::query(
+        let rows = mainstay_core::pg::read(
             &self.pool,
             &sql,
             &[
@@ -924,7 +914,7 @@ impl EventStore for PostgresEventStore {
                AND (cardinality($4::text[]) = 0 OR event_type = ANY($4))
              ORDER BY mainstay_events.tx, mainstay_events.seq LIMIT $5"
         );
-        let rows = mainstay_core::pg::query(
+        let rows = mainstay_core::pg::read(
             &self.pool,
             &sql,
             &[
@@ -1134,7 +1124,7 @@ impl EventStore for PostgresEventStore {
 
     async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
         check_stream(stream)?;
-        let row = mainstay_core::pg::query_opt(
+        let row = mainstay_core::pg::read_opt(
             &self.pool,
             "SELECT version, data, created_at_ms FROM mainstay_snapshots WHERE stream_id = $1",
             &[&stream],
@@ -1175,7 +1165,7 @@ impl EventStore for PostgresEventStore {
 
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Position>, StoreError> {
         check_name(name)?;
-        let row = mainstay_core::pg::query_opt(
+        let row = mainstay_core::pg::read_opt(
             &self.pool,
             "SELECT commit_pos, prepare_pos FROM mainstay_subscriptions WHERE name = $1",
             &[&name],

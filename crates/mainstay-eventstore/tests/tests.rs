@@ -1287,8 +1287,9 @@ async fn scavenge_racing_appends_keeps_versions(kind: Kind) {
 per_store!(scavenge_racing_appends_keeps_versions);
 
 /// Every connection to the database is terminated (as a restart or failover would) right
-/// before each of 20 appends; each append still succeeds exactly once — it is repeated
-/// on a fresh connection, safely, because its event ids make it idempotent.
+/// before each of 20 appends and 20 reads; each append still succeeds exactly once — it
+/// is repeated on a fresh connection, safely, because its event ids make it idempotent —
+/// and each read answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_append_survives_its_connections_being_cut() {
     let pg = shared_postgres();
@@ -1322,6 +1323,13 @@ async fn postgres_append_survives_its_connections_being_cut() {
             .await
             .unwrap_or_else(|e| panic!("append {i} after the cut: {e}"));
         version = Some(r.next_expected_version);
+        // Reads are repeated the same way.
+        mainstay_testkit::terminate_connections(&url).await.unwrap();
+        let seen = s
+            .read_stream("cut", 0, Direction::Forward, usize::MAX)
+            .await
+            .unwrap_or_else(|e| panic!("read {i} after the cut: {e}"));
+        assert_eq!(seen.len(), i as usize + 1);
     }
     let events = s
         .read_stream("cut", 0, Direction::Forward, usize::MAX)
