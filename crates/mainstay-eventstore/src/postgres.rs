@@ -1060,6 +1060,12 @@ impl EventStore for PostgresEventStore {
     async fn scavenge(&self) -> Result<u64, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
+        // Like a delete, scavenging excludes appends: an `Exact` append whose snapshot still
+        // shows an event this pass deletes would otherwise pass its check and insert into
+        // the hole left behind (the unique key no longer sees the deleted version).
+        tx.batch_execute("LOCK TABLE mainstay_events IN SHARE ROW EXCLUSIVE MODE")
+            .await
+            .map_err(pg_err)?;
         // First record each stream's version in its row (Exact appends leave the row
         // behind), so deleting its newest events cannot lower it; then delete only up to
         // that version (events appended meanwhile are left for the next pass), and only
