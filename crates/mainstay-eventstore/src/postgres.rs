@@ -506,30 +506,27 @@ impl PostgresEventStore {
             // NoStream and Exact: one plain statement does it all (no function call); it
             // writes nothing when its check fails, and the function then sorts that out.
             let mut fast = None;
+            // The statement, and for FAST_EXACT the version it appends after.
             let fast_sql = match a.expected {
-                ExpectedVersion::NoStream => Some(FAST_APPEND),
-                ExpectedVersion::Exact(_) => Some(FAST_EXACT),
+                ExpectedVersion::NoStream => Some((FAST_APPEND, None)),
+                ExpectedVersion::Exact(v) => Some((FAST_EXACT, Some(v))),
                 _ => None,
             };
-            if let Some(sql) = fast_sql {
+            if let Some((sql, exact)) = fast_sql {
                 let fst = client
                     .prepare_cached(sql)
                     .await
                     .map_err(|e| lost_or(e, None))?;
                 match client.query(&fst, &args.params(&a.stream)).await {
-                    Ok(rows) if sql == FAST_EXACT && !rows.is_empty() => {
-                        if let ExpectedVersion::Exact(v) = a.expected {
-                            fast = Some(fast_exact_result(&rows[0], v, a.events.len()));
-                        }
+                    Ok(rows) => {
+                        fast = rows.first().and_then(|r| match exact {
+                            Some(v) => Some(fast_exact_result(r, v, a.events.len())),
+                            None => r
+                                .get::<_, Option<i64>>(0)
+                                .is_some()
+                                .then(|| append_result(r)),
+                        })
                     }
-                    Ok(rows)
-                        if rows
-                            .first()
-                            .is_some_and(|r| r.get::<_, Option<i64>>(0).is_some()) =>
-                    {
-                        fast = Some(append_result(&rows[0]))
-                    }
-                    Ok(_) => {}
                     // A version taken meanwhile, or an id already stored (perhaps this
                     // very batch: a retry): the function tells which.
                     Err(e) if unique_violation(&e) => {}
@@ -574,6 +571,24 @@ impl PostgresEventStore {
         }
         Ok(results)
     }
+}
+
+/// A transaction for anything that deletes events (delete, scavenge). `Exact` appends do
+/// not lock the stream row (see `FAST_EXACT`), so such a transaction first locks the
+/// events table against them: it waits for every append in flight and holds off new
+/// ones until it commits, and their statements then see it (read committed takes the
+/// snapshot after the lock). Otherwise an append whose snapshot still shows a deleted
+/// event could pass its check and insert after a delete, or into the hole a scavenge
+/// leaves (the unique key no longer sees the deleted version). Appends to every stream
+/// wait meanwhile.
+async fn excluding_appends(
+    client: &mut Object,
+) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+    let tx = client.transaction().await.map_err(pg_err)?;
+    tx.batch_execute("LOCK TABLE mainstay_events IN SHARE ROW EXCLUSIVE MODE")
+        .await
+        .map_err(pg_err)?;
+    Ok(tx)
 }
 
 const SOFT_DELETED: i16 = 1;
@@ -989,14 +1004,7 @@ impl EventStore for PostgresEventStore {
     ) -> Result<(), StoreError> {
         check_stream(stream)?;
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_err)?;
-        // Exact appends do not lock the stream row (see FAST_EXACT). This lock waits for
-        // every append in flight and holds off new ones until the delete commits; their
-        // statements then see it (read committed takes the snapshot after the lock).
-        // Deletes are rare and short; appends to other streams wait for them too.
-        tx.batch_execute("LOCK TABLE mainstay_events IN SHARE ROW EXCLUSIVE MODE")
-            .await
-            .map_err(pg_err)?;
+        let tx = excluding_appends(&mut client).await?;
         tx.execute(
             "INSERT INTO mainstay_streams (stream_id, version) VALUES ($1, -1) ON CONFLICT DO NOTHING",
             &[&stream],
@@ -1059,13 +1067,7 @@ impl EventStore for PostgresEventStore {
 
     async fn scavenge(&self) -> Result<u64, StoreError> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_err)?;
-        // Like a delete, scavenging excludes appends: an `Exact` append whose snapshot still
-        // shows an event this pass deletes would otherwise pass its check and insert into
-        // the hole left behind (the unique key no longer sees the deleted version).
-        tx.batch_execute("LOCK TABLE mainstay_events IN SHARE ROW EXCLUSIVE MODE")
-            .await
-            .map_err(pg_err)?;
+        let tx = excluding_appends(&mut client).await?;
         // First record each stream's version in its row (Exact appends leave the row
         // behind), so deleting its newest events cannot lower it; then delete only up to
         // that version (events appended meanwhile are left for the next pass), and only
