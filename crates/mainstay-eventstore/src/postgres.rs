@@ -519,13 +519,14 @@ impl PostgresEventStore {
                     .map_err(|e| lost_or(e, None))?;
                 match client.query(&fst, &args.params(&a.stream)).await {
                     Ok(rows) => {
-                        fast = rows.first().and_then(|r| match exact {
-                            Some(v) => Some(fast_exact_result(r, v, a.events.len())),
-                            None => r
-                                .get::<_, Option<i64>>(0)
-                                .is_some()
-                                .then(|| append_result(r)),
-                        })
+                        fast = match exact {
+                            Some(v) => fast_exact_result(&rows, v),
+                            None => rows.first().and_then(|r| {
+                                r.get::<_, Option<i64>>(0)
+                                    .is_some()
+                                    .then(|| append_result(r))
+                            }),
+                        }
                     }
                     // A version taken meanwhile, or an id already stored (perhaps this
                     // very batch: a retry): the function tells which.
@@ -671,21 +672,22 @@ FROM ins";
 /// stream's version is `greatest(row.version, max(event version))`, and whatever
 /// deletes a stream's newest events (delete, scavenge) first records the version in the
 /// row and excludes these appends (`LOCK TABLE`, see `delete_stream`). Same parameters
-/// as [`APPEND`]; no row when its check failed.
+/// as [`APPEND`]; returns `(tx, seq)` of each inserted event, no rows when its check
+/// failed. Not wrapped in a CTE that aggregates the positions: the executor setup of the
+/// CTE and aggregate cost PostgreSQL more than sending the rows (measured with pgbench,
+/// 16 clients × batches of 10: ~15% less server CPU per append without it).
 const FAST_EXACT: &str = "
-WITH ins AS (
-    INSERT INTO mainstay_events (stream_id, version, event_id, event_type, data, metadata, created_at_ms)
-    SELECT $1, $3::bigint + u.k, u.i, u.t, u.d, u.m, $8
-    FROM unnest($4::text[], $5::text[], $6::text[], $7::text[]) WITH ORDINALITY AS u(i, t, d, m, k)
-    WHERE $2::smallint = 3 AND EXISTS (
-        SELECT 1 FROM mainstay_streams s
-         WHERE s.stream_id = $1 AND s.state = 0 AND s.version <= $3::bigint
-           AND (s.version = $3::bigint OR EXISTS (
-                SELECT 1 FROM mainstay_events e
-                 WHERE e.stream_id = $1 AND e.version = $3::bigint)))
-    ORDER BY u.k
-    RETURNING tx, seq)
-SELECT (array_agg(tx))[1], min(seq), max(seq) FROM ins HAVING count(*) > 0";
+INSERT INTO mainstay_events (stream_id, version, event_id, event_type, data, metadata, created_at_ms)
+SELECT $1, $3::bigint + u.k, u.i, u.t, u.d, u.m, $8
+FROM unnest($4::text[], $5::text[], $6::text[], $7::text[]) WITH ORDINALITY AS u(i, t, d, m, k)
+WHERE $2::smallint = 3 AND EXISTS (
+    SELECT 1 FROM mainstay_streams s
+     WHERE s.stream_id = $1 AND s.state = 0 AND s.version <= $3::bigint
+       AND (s.version = $3::bigint OR EXISTS (
+            SELECT 1 FROM mainstay_events e
+             WHERE e.stream_id = $1 AND e.version = $3::bigint)))
+ORDER BY u.k
+RETURNING tx, seq";
 
 /// A PostgreSQL `xid8` (64-bit transaction id) read in binary: cheaper than a text cast.
 struct Xid8(u64);
@@ -704,21 +706,23 @@ impl<'a> tokio_postgres::types::FromSql<'a> for Xid8 {
     }
 }
 
-/// [`FAST_EXACT`]'s row (tx, first seq, last seq) as the result of appending `n` events
-/// after version `v`.
-fn fast_exact_result(row: &Row, v: u64, n: usize) -> AppendResult {
-    let tx = row.get::<_, Xid8>(0).0;
-    AppendResult {
-        next_expected_version: v + n as u64,
+/// [`FAST_EXACT`]'s rows (tx, seq per event) as the result of appending them after
+/// version `v`; `None` when there are none (its check failed).
+fn fast_exact_result(rows: &[Row], v: u64) -> Option<AppendResult> {
+    let tx = rows.first()?.get::<_, Xid8>(0).0;
+    let seqs = rows.iter().map(|r| r.get::<_, i64>(1) as u64);
+    let (first, last) = seqs.fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s), hi.max(s)));
+    Some(AppendResult {
+        next_expected_version: v + rows.len() as u64,
         first_position: Position {
             commit: tx,
-            prepare: row.get::<_, i64>(1) as u64,
+            prepare: first,
         },
         last_position: Position {
             commit: tx,
-            prepare: row.get::<_, i64>(2) as u64,
+            prepare: last,
         },
-    }
+    })
 }
 
 /// A unique-key violation on `(stream_id, version)`: another append took the version
