@@ -1007,13 +1007,39 @@ async fn soft_and_hard_delete(kind: Kind) {
             .await,
         Err(StoreError::StreamNotFound(_))
     ));
+    // Expecting the old version is a conflict: the stream is gone (on PostgreSQL this
+    // is the flag on the last event that the one-statement Exact append checks).
+    for old in [0, 1] {
+        assert!(
+            matches!(
+                s.append("soft-1", ExpectedVersion::Exact(old), vec![ev("E", 9)])
+                    .await,
+                Err(StoreError::WrongExpectedVersion { actual: None, .. })
+            ),
+            "Exact({old}) appended to a soft-deleted stream"
+        );
+    }
     let r = s
         .append("soft-1", ExpectedVersion::NoStream, vec![ev("E", 2)])
         .await
         .unwrap();
     assert_eq!(r.next_expected_version, 2, "versions continue");
     assert_eq!(versions(&s, "soft-1").await, vec![2]);
-    settle(&s, 5).await;
+    assert!(matches!(
+        s.append("soft-1", ExpectedVersion::Exact(1), vec![ev("E", 9)])
+            .await,
+        Err(StoreError::WrongExpectedVersion {
+            actual: Some(2),
+            ..
+        })
+    ));
+    let r = s
+        .append("soft-1", ExpectedVersion::Exact(2), vec![ev("E", 3)])
+        .await
+        .unwrap();
+    assert_eq!(r.next_expected_version, 3);
+    assert_eq!(versions(&s, "soft-1").await, vec![2, 3]);
+    settle(&s, 6).await;
     assert_eq!(s.scavenge().await.unwrap(), 2);
 
     s.delete_stream("hard-1", ExpectedVersion::StreamExists, DeleteMode::Hard)
@@ -1290,6 +1316,57 @@ per_store!(scavenge_racing_appends_keeps_versions);
 /// before each of 20 appends and 20 reads; each append still succeeds exactly once — it
 /// is repeated on a fresh connection, safely, because its event ids make it idempotent —
 /// and each read answers.
+/// A database made before events carried `stream_deleted` (the flag an `Exact` append
+/// checks): connecting adds the column and flags the last event of every soft-deleted
+/// stream, so an append expecting a soft-deleted stream's old version is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_schema_upgrade_keeps_soft_deletes() {
+    let url = shared_postgres().database().await.unwrap();
+    {
+        let s = PostgresEventStore::connect(&url).await.unwrap();
+        for stream in ["gone-1", "live-1"] {
+            s.append(
+                stream,
+                ExpectedVersion::NoStream,
+                vec![ev("E", 0), ev("E", 1)],
+            )
+            .await
+            .unwrap();
+        }
+        s.delete_stream("gone-1", ExpectedVersion::Exact(1), DeleteMode::Soft)
+            .await
+            .unwrap();
+    }
+    // The table as an older Mainstay left it.
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute("ALTER TABLE mainstay_events DROP COLUMN stream_deleted")
+        .await
+        .unwrap();
+    let s = PostgresEventStore::connect(&url).await.unwrap();
+    assert!(matches!(
+        s.append("gone-1", ExpectedVersion::Exact(1), vec![ev("E", 2)])
+            .await,
+        Err(StoreError::WrongExpectedVersion { actual: None, .. })
+    ));
+    let r = s
+        .append("live-1", ExpectedVersion::Exact(1), vec![ev("E", 2)])
+        .await
+        .unwrap();
+    assert_eq!(r.next_expected_version, 2);
+    let r = s
+        .append("gone-1", ExpectedVersion::NoStream, vec![ev("E", 2)])
+        .await
+        .unwrap();
+    assert_eq!(
+        r.next_expected_version, 2,
+        "versions continue after the upgrade"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_append_survives_its_connections_being_cut() {
     let pg = shared_postgres();
