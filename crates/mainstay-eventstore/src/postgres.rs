@@ -77,6 +77,28 @@ BEGIN
     END IF;
 END
 $$;
+-- A soft delete flags the stream's last event, whoever sets the state: this store, an
+-- earlier version of it still running during an upgrade, or hand-written SQL.
+CREATE OR REPLACE FUNCTION mainstay_flag_soft_delete() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE mainstay_events SET stream_deleted = true
+     WHERE stream_id = NEW.stream_id AND version = NEW.version AND NOT stream_deleted;
+    RETURN NULL;
+END
+$$;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                    WHERE tgrelid = 'mainstay_streams'::regclass
+                      AND tgname = 'mainstay_streams_soft_delete') THEN
+        CREATE TRIGGER mainstay_streams_soft_delete
+            AFTER UPDATE OF state ON mainstay_streams
+            FOR EACH ROW WHEN (NEW.state = 1)
+            EXECUTE FUNCTION mainstay_flag_soft_delete();
+    END IF;
+END
+$$;
 CREATE OR REPLACE FUNCTION mainstay_expected_ok(kind smallint, expected bigint, actual bigint)
 RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
     SELECT coalesce(kind = 0 OR (kind = 1 AND actual IS NULL) OR (kind = 2 AND actual IS NOT NULL)
@@ -1062,13 +1084,8 @@ impl EventStore for PostgresEventStore {
                 )
                 .await
                 .map_err(pg_err)?;
-                // What an `Exact(v)` append checks instead of the row (see FAST_EXACT).
-                tx.execute(
-                    "UPDATE mainstay_events SET stream_deleted = true WHERE stream_id = $1 AND version = $2",
-                    &[&stream, &(v as i64)],
-                )
-                .await
-                .map_err(pg_err)?;
+                // The trigger `mainstay_streams_soft_delete` flags event `v`: what an
+                // `Exact(v)` append checks instead of the row (see FAST_EXACT).
             }
             DeleteMode::Hard => {
                 tx.execute(

@@ -1318,7 +1318,8 @@ per_store!(scavenge_racing_appends_keeps_versions);
 /// and each read answers.
 /// A database made before events carried `stream_deleted` (the flag an `Exact` append
 /// checks): connecting adds the column and flags the last event of every soft-deleted
-/// stream, so an append expecting a soft-deleted stream's old version is still refused.
+/// stream, so an append expecting a soft-deleted stream's old version is still refused;
+/// and a soft delete written the old way (no flag) is flagged by the trigger.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_schema_upgrade_keeps_soft_deletes() {
     let url = shared_postgres().database().await.unwrap();
@@ -1365,6 +1366,21 @@ async fn postgres_schema_upgrade_keeps_soft_deletes() {
         r.next_expected_version, 2,
         "versions continue after the upgrade"
     );
+    // A soft delete by a process of the earlier version, still running during a rolling
+    // upgrade (its statement, which knows nothing of the flag), is seen all the same.
+    client
+        .execute(
+            "UPDATE mainstay_streams SET state = 1, version = 2, truncate_before = 3
+             WHERE stream_id = 'live-1'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.append("live-1", ExpectedVersion::Exact(2), vec![ev("E", 3)])
+            .await,
+        Err(StoreError::WrongExpectedVersion { actual: None, .. })
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
