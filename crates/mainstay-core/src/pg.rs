@@ -180,6 +180,18 @@ pub async fn read(
     }
 }
 
+/// [`read`] for a write that leaves the same state however often it runs (an upsert of
+/// the same values: a checkpoint, a snapshot, stream metadata): repeated on a fresh
+/// connection when the server ended the one it ran on — also when the first run had
+/// committed and only its reply was lost.
+pub async fn write_idempotent(
+    pool: &Pool,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Vec<tokio_postgres::Row>, String> {
+    read(pool, sql, params).await
+}
+
 /// [`read`], then at most one row.
 pub async fn read_opt(
     pool: &Pool,

@@ -1014,7 +1014,8 @@ impl EventStore for PostgresEventStore {
         check_stream(stream)?;
         metadata.validate()?;
         let custom = (!metadata.custom.is_null()).then(|| metadata.custom.to_string());
-        let updated = mainstay_core::pg::query_opt(
+        // Idempotent (the same values again), so repeated after a lost connection.
+        let updated = mainstay_core::pg::write_idempotent(
             &self.pool,
             "INSERT INTO mainstay_streams
                  (stream_id, version, truncate_before, max_count, max_age_ms, custom)
@@ -1034,7 +1035,7 @@ impl EventStore for PostgresEventStore {
         )
         .await
         .map_err(pg_err)?;
-        match updated {
+        match updated.first() {
             Some(_) => Ok(()),
             None => Err(StoreError::StreamDeleted(stream.to_string())),
         }
@@ -1162,7 +1163,9 @@ impl EventStore for PostgresEventStore {
     ) -> Result<(), StoreError> {
         check_stream(stream)?;
         let body = check_snapshot(version, &data)?;
-        mainstay_core::pg::execute(
+        // Idempotent (an older or equal snapshot never replaces a newer one), so repeated
+        // after a lost connection.
+        mainstay_core::pg::write_idempotent(
             &self.pool,
             "INSERT INTO mainstay_snapshots (stream_id, version, data, created_at_ms)
              VALUES ($1, $2, $3, $4)
@@ -1234,7 +1237,8 @@ impl EventStore for PostgresEventStore {
 
     async fn save_checkpoint(&self, name: &str, position: Position) -> Result<(), StoreError> {
         check_name(name)?;
-        mainstay_core::pg::execute(
+        // Idempotent (the same position again), so repeated after a lost connection.
+        mainstay_core::pg::write_idempotent(
             &self.pool,
             "INSERT INTO mainstay_subscriptions (name, commit_pos, prepare_pos, updated_at_ms)
              VALUES ($1, $2, $3, $4)

@@ -1423,7 +1423,36 @@ async fn postgres_append_survives_its_connections_being_cut() {
             .await
             .unwrap_or_else(|e| panic!("read {i} after the cut: {e}"));
         assert_eq!(seen.len(), i as usize + 1);
+        // So are the idempotent writes: checkpoint, snapshot, stream metadata.
+        mainstay_testkit::terminate_connections(&url).await.unwrap();
+        s.save_checkpoint("cut-sub", r.last_position)
+            .await
+            .unwrap_or_else(|e| panic!("checkpoint {i} after the cut: {e}"));
+        mainstay_testkit::terminate_connections(&url).await.unwrap();
+        s.save_snapshot("cut", r.next_expected_version, json!({"n": i}))
+            .await
+            .unwrap_or_else(|e| panic!("snapshot {i} after the cut: {e}"));
+        mainstay_testkit::terminate_connections(&url).await.unwrap();
+        let meta = StreamMetadata {
+            max_count: Some(1000 + i as u64),
+            ..Default::default()
+        };
+        s.set_stream_metadata("cut", meta)
+            .await
+            .unwrap_or_else(|e| panic!("metadata {i} after the cut: {e}"));
+        assert_eq!(
+            s.load_checkpoint("cut-sub").await.unwrap(),
+            Some(r.last_position)
+        );
     }
+    assert_eq!(
+        s.load_snapshot("cut").await.unwrap().unwrap().data,
+        json!({"n": 19})
+    );
+    assert_eq!(
+        s.stream_metadata("cut").await.unwrap().max_count,
+        Some(1019)
+    );
     let events = s
         .read_stream("cut", 0, Direction::Forward, usize::MAX)
         .await
