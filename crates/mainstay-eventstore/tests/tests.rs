@@ -1312,10 +1312,6 @@ async fn scavenge_racing_appends_keeps_versions(kind: Kind) {
 }
 per_store!(scavenge_racing_appends_keeps_versions);
 
-/// Every connection to the database is terminated (as a restart or failover would) right
-/// before each of 20 appends and 20 reads; each append still succeeds exactly once — it
-/// is repeated on a fresh connection, safely, because its event ids make it idempotent —
-/// and each read answers.
 /// A database made before events carried `stream_deleted` (the flag an `Exact` append
 /// checks): connecting adds the column and flags the last event of every soft-deleted
 /// stream, so an append expecting a soft-deleted stream's old version is still refused;
@@ -1383,6 +1379,11 @@ async fn postgres_schema_upgrade_keeps_soft_deletes() {
     ));
 }
 
+/// Every connection to the database is terminated (as a restart or failover would) right
+/// before each of 20 appends, 20 reads and 20 of each idempotent write (checkpoint,
+/// snapshot, stream metadata); each append still succeeds exactly once — it is repeated
+/// on a fresh connection, safely, because its event ids make it idempotent — each read
+/// answers, and each write lands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_append_survives_its_connections_being_cut() {
     let pg = shared_postgres();
