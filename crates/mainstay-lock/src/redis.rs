@@ -1,17 +1,20 @@
 //! Single-instance Redis backend (seed: `SET NX PX` + owner-checked release/extend).
 //!
-//! A lock is a string `{prefix}lock:{name}` (lease id, token, owner) with a `PX` ttl;
-//! grant, extend and release are Lua scripts, so each check-and-act is atomic. The fencing
-//! counter `{prefix}fence:{name}` never expires and survives release; it moves only on a
-//! successful grant, so while a lock is held it equals the holder's token.
+//! A lock is a hash `{prefix}lock:{name}` holding one field (lease id → owner) with a `PX`
+//! ttl. Grant and extend are Lua scripts, so each check-and-act is atomic; release is the
+//! native `HDEL lock lease_id`, which can only remove that lease's own field (Redis drops
+//! the hash with its last field) — owner-checked without a script. The fencing counter
+//! `{prefix}fence:{name}` never expires and survives release; it moves only on a successful
+//! grant, so while a lock is held it equals the holder's token.
 //!
 //! **Tokens across a Redis restart.** A Redis without persistence loses the counter. The
-//! counter is therefore created (`SET NX`) at the server's current `TIME` in microseconds
-//! and incremented from there: after a data loss it is re-seeded at the new time, which is
-//! above every token issued before as long as (a) the Redis host's clock did not step back
-//! across the restart and (b) fewer than one grant per microsecond was issued per name on
-//! average — a single Redis cannot run grants that fast. [`crate::LockClient`] additionally
-//! refuses any token not above one it has seen. Tokens are therefore large numbers.
+//! counter is therefore seeded with the server's current `TIME` in microseconds when a
+//! grant finds it missing, and incremented from there: after a data loss it is re-seeded at
+//! the new time, which is above every token issued before as long as (a) the Redis host's
+//! clock did not step back across the restart and (b) fewer than one grant per microsecond
+//! was issued per name on average — a single Redis cannot run grants that fast.
+//! [`crate::LockClient`] additionally refuses any token not above one it has seen. Tokens
+//! are therefore large numbers.
 //!
 //! Guarantees: mutual exclusion while that one Redis runs and keeps its data. Not
 //! guaranteed: anything across a failover to a replica (asynchronous replication can lose
@@ -30,20 +33,38 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-// A lock is one string `{lease_id}\n{owner}` with a PX ttl, built by the client. The fence
-// counter moves only when a grant succeeds, so while a lock is held the counter *is* the
-// holder's token (nobody else can be granted until the key is gone). Scripts that check
-// ownership get ARGV[1] = `{lease_id}\n` (see `id_arg`); comparing that prefix is an exact
-// lease-id match because lease ids contain no newline.
+// A lock is a hash `{prefix}lock:{name}` with one field, `{lease_id}` → `{owner}`, and a PX
+// ttl. Release is the native `HDEL key lease_id`: it removes only that lease's field, and
+// Redis deletes the hash with its last field — an owner-checked delete without a script.
+// The fence counter moves only when a grant succeeds, so while a lock is held the counter
+// *is* the holder's token (nobody else can be granted until the key is gone).
+//
+// Locks written by earlier versions (a string `{lease_id}\n{owner}`) are still seen: a
+// grant refuses while one exists (it checks only existence), and the holder scripts report
+// its owner. Commands on the wrong type are treated as "not this lease".
+
+/// The owner of the lock in KEYS[1] (a lease hash, or the earlier string layout). Defined
+/// after a script's fast path: a Lua `local function` costs a closure each time it runs.
+const OWNER_OF: &str = r"
+local function owner_of(key)
+  local held = redis.pcall('HGETALL', key)
+  if held[2] then return held[2] end
+  held = redis.pcall('GET', key)
+  if type(held) == 'string' then return string.match(held, '\n(.*)$') or '' end
+  return ''
+end
+";
 
 /// Grant: the token alone (an integer); when held, `{0, owner, token, ttl_left_ms}` of the
 /// holder. The counter is seeded from `TIME` (µs) when first created, then incremented per
 /// grant. The grant returns a bare integer because a table reply costs Redis 7.0 more than
 /// the rest of the script (measured: ~12 µs of a ~180 µs cycle; docs/benchmarks.md).
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
         r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
   local token = redis.call('INCR', KEYS[2])
   if token == 1 then
     local t = redis.call('TIME')
@@ -52,41 +73,31 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   end
   return token
 end
-local held = redis.call('GET', KEYS[1]) or ''
-return {0, string.match(held, '\n(.*)$') or '', tonumber(redis.call('GET', KEYS[2]) or '0'), redis.call('PTTL', KEYS[1])}
-",
-    )
+{OWNER_OF}
+return {{0, owner_of(KEYS[1]), tonumber(redis.call('GET', KEYS[2]) or '0'), redis.call('PTTL', KEYS[1])}}
+"
+    ))
 });
 
 static EXTEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local held = redis.call('GET', KEYS[1])
-if not held or string.sub(held, 1, #ARGV[1]) ~= ARGV[1] then return {0, '', 0, 0} end
+local owner = redis.pcall('HGET', KEYS[1], ARGV[1])
+if type(owner) ~= 'string' then return {0, '', 0, 0} end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return {1, string.sub(held, #ARGV[1] + 1), tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ARGV[2])}
-",
-    )
-});
-
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local held = redis.call('GET', KEYS[1])
-if held and string.sub(held, 1, #ARGV[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+return {1, owner, tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ARGV[2])}
 ",
     )
 });
 
 static HOLDER: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
         r"
-local held = redis.call('GET', KEYS[1])
-if not held then return {0, '', 0, 0} end
-return {1, string.match(held, '\n(.*)$') or '', tonumber(redis.call('GET', KEYS[2]) or '0'), redis.call('PTTL', KEYS[1])}
-",
-    )
+if redis.call('EXISTS', KEYS[1]) == 0 then return {{0, '', 0, 0}} end
+{OWNER_OF}
+return {{1, owner_of(KEYS[1]), tonumber(redis.call('GET', KEYS[2]) or '0'), redis.call('PTTL', KEYS[1])}}
+"
+    ))
 });
 
 /// Raises the fence counter (the holder's token) to at least ARGV[2], if ARGV[1] still
@@ -94,8 +105,7 @@ return {1, string.match(held, '\n(.*)$') or '', tonumber(redis.call('GET', KEYS[
 static RAISE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local held = redis.call('GET', KEYS[1])
-if not held or string.sub(held, 1, #ARGV[1]) ~= ARGV[1] then return 0 end
+if redis.pcall('HEXISTS', KEYS[1], ARGV[1]) ~= 1 then return 0 end
 local c = tonumber(redis.call('GET', KEYS[2]) or '0')
 if c < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
 return 1
@@ -147,14 +157,6 @@ impl RedisNode {
         format!("{}fence:{{{}}}", self.prefix, name)
     }
 
-    /// The `{lease_id}\n` prefix the scripts compare.
-    fn id_arg(lease_id: &str) -> String {
-        let mut arg = String::with_capacity(lease_id.len() + 1);
-        arg.push_str(lease_id);
-        arg.push('\n');
-        arg
-    }
-
     pub(crate) async fn acquire(
         &self,
         name: &LockName,
@@ -164,14 +166,13 @@ impl RedisNode {
     ) -> Result<Reply, LockError> {
         let (lock, fence) = (self.lock_key(name), self.fence_key(name));
         let mut conn = self.conn.clone();
-        let mut value = Self::id_arg(lease_id);
-        value.push_str(owner);
         let ttl_ms = ttl.as_millis() as u64;
         let reply: redis::Value = ACQUIRE
             .key(lock)
             .key(fence)
-            .arg(value)
+            .arg(lease_id)
             .arg(ttl_ms)
+            .arg(owner)
             .invoke_async(&mut conn)
             .await
             .map_err(redis_err)?;
@@ -194,7 +195,7 @@ impl RedisNode {
         EXTEND
             .key(lock)
             .key(fence)
-            .arg(Self::id_arg(lease_id))
+            .arg(lease_id)
             .arg(ttl.as_millis() as u64)
             .invoke_async(&mut conn)
             .await
@@ -204,13 +205,17 @@ impl RedisNode {
     pub(crate) async fn release(&self, name: &LockName, lease_id: &str) -> Result<bool, LockError> {
         let lock = self.lock_key(name);
         let mut conn = self.conn.clone();
-        let n: i64 = RELEASE
-            .key(lock)
-            .arg(Self::id_arg(lease_id))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(redis_err)?;
-        Ok(n > 0)
+        let n: redis::RedisResult<i64> = redis::cmd("HDEL")
+            .arg(lock)
+            .arg(lease_id)
+            .query_async(&mut conn)
+            .await;
+        match n {
+            Ok(n) => Ok(n > 0),
+            // A lock in the earlier string layout is not this lease's.
+            Err(e) if e.code() == Some("WRONGTYPE") => Ok(false),
+            Err(e) => Err(redis_err(e)),
+        }
     }
 
     pub(crate) async fn holder(&self, name: &LockName) -> Result<Option<Holder>, LockError> {
@@ -236,7 +241,7 @@ impl RedisNode {
         let n: i64 = RAISE
             .key(lock)
             .key(fence)
-            .arg(Self::id_arg(lease_id))
+            .arg(lease_id)
             .arg(token)
             .invoke_async(&mut conn)
             .await

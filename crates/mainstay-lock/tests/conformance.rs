@@ -123,6 +123,69 @@ async fn ownership(kind: BackendKind) {
 }
 per_backend!(ownership);
 
+/// Redis: a lock in the layout earlier versions wrote (a string `{lease_id}\n{owner}`, as a
+/// process not yet upgraded holds it during a rolling upgrade) still excludes: a grant is
+/// refused naming its owner, it cannot be released or extended with another lease, and
+/// once its holder deletes it the lock is granted again.
+#[tokio::test]
+async fn redis_respects_locks_in_the_earlier_layout() {
+    let fresh = mainstay_testkit::FreshBackend::new(BackendKind::Redis)
+        .await
+        .unwrap();
+    let client = crate::common::connect(BackendKind::Redis, &fresh.urls, &fresh.ns).await;
+    let mut raw = redis::Client::open(fresh.urls[0].as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = format!("{}:lock:{{res}}", fresh.ns);
+    let old_lease = mainstay_core::id::unguessable();
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(format!("{old_lease}\nold-version"))
+        .arg("PX")
+        .arg(30_000)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    match client
+        .try_acquire("res", &AcquireOptions::ttl(Duration::from_secs(30)))
+        .await
+    {
+        Err(LockError::Busy {
+            holder: Some(h), ..
+        }) => assert_eq!(h.owner, "old-version"),
+        other => panic!("expected Busy naming the old holder, got {other:?}"),
+    }
+    assert_eq!(
+        client.holder("res").await.unwrap().map(|h| h.owner),
+        Some("old-version".into())
+    );
+    let forged = mainstay_core::id::unguessable();
+    assert!(!client.release("res", &forged).await.unwrap());
+    assert!(!client.release("res", &old_lease).await.unwrap());
+    assert!(matches!(
+        client.extend("res", &forged, Duration::from_secs(30)).await,
+        Err(LockError::NotHolder { .. })
+    ));
+    let still: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(still, Some(format!("{old_lease}\nold-version")));
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let lease = client
+        .try_acquire("res", &AcquireOptions::ttl(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert!(client.release("res", &lease.lease_id).await.unwrap());
+}
+
 /// A lease that is not renewed expires at its ttl; a waiter then gets a higher token and the
 /// old lease can no longer be extended.
 async fn expiry(kind: BackendKind) {
