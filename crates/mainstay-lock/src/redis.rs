@@ -1,4 +1,5 @@
-//! Single-instance Redis backend (seed: `SET NX PX` + owner-checked release/extend).
+//! Single-instance Redis backend: the seed's set-if-absent lock with a ttl, owner-checked
+//! release and extend, plus a fencing counter.
 //!
 //! A lock is a hash `{prefix}lock:{name}` holding one field (lease id → owner) with a `PX`
 //! ttl. Grant and extend are Lua scripts, so each check-and-act is atomic; release is the
