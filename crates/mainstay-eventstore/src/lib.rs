@@ -50,6 +50,10 @@ pub use event::{
 pub use meta::{DeleteMode, Snapshot, StreamMetadata, CAUSATION_ID, CORRELATION_ID};
 pub use subscription::{subscribe, SubscribeOptions, Subscription, Wakeups};
 
+/// Most events one scavenge transaction removes (see `with_scavenge_batch` on each store):
+/// appends wait for at most one such batch, not for the whole pass.
+pub const DEFAULT_SCAVENGE_BATCH: usize = 10_000;
+
 use async_trait::async_trait;
 
 /// One append of [`EventStore::append_many`]: a stream, what it is expected to be, events.
@@ -138,7 +142,9 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     /// Removes from storage (and `$all`) the events that retention or a soft delete
-    /// hides; returns how many.
+    /// hides; returns how many. Runs in batches (see `with_scavenge_batch` on each store),
+    /// each its own transaction: appends get through between them, and an error part-way
+    /// leaves the batches before it done (call again to finish).
     async fn scavenge(&self) -> Result<u64, StoreError>;
 
     /// Saves the state of the stream's aggregate at `version`, replacing an older one.

@@ -254,6 +254,7 @@ pub struct PostgresEventStore {
     pool: Pool,
     shared: Arc<Shared>,
     poll: Duration,
+    scavenge_batch: usize,
 }
 
 struct Shared {
@@ -473,7 +474,17 @@ impl PostgresEventStore {
                 stop,
             }),
             poll: DEFAULT_POLL_INTERVAL,
+            scavenge_batch: crate::DEFAULT_SCAVENGE_BATCH,
         })
+    }
+
+    /// Most events one scavenge transaction removes (default
+    /// [`crate::DEFAULT_SCAVENGE_BATCH`]; at least 1). Each transaction holds appends to
+    /// every stream while it runs (see `scavenge`), so a pass with much to remove lets
+    /// them through between batches.
+    pub fn with_scavenge_batch(mut self, events: usize) -> Self {
+        self.scavenge_batch = events.max(1);
+        self
     }
 
     /// How often caught-up subscriptions re-read without a wake-up (default
@@ -628,6 +639,43 @@ async fn excluding_appends(
         .map_err(pg_err)?;
     Ok(tx)
 }
+
+/// Scavenge, per group of up to 256 streams with retention after `$1` (by id): raises each
+/// row's version to its newest event, and returns `stream_id, newest version,
+/// truncate_before, max_count, max_age_ms, first young version` (the oldest event not
+/// older than `max_age_ms` at `$2`, found by walking the stream from its oldest).
+const SCAVENGE_BOUNDS: &str = "WITH ids AS (
+        SELECT stream_id, truncate_before, max_count, max_age_ms FROM mainstay_streams
+        WHERE stream_id > $1 AND (truncate_before IS NOT NULL OR max_count IS NOT NULL
+                                  OR max_age_ms IS NOT NULL)
+        ORDER BY stream_id LIMIT 256),
+    top AS (
+        SELECT ids.stream_id,
+               (SELECT max(e.version) FROM mainstay_events e
+                WHERE e.stream_id = ids.stream_id) AS v
+        FROM ids),
+    raised AS (
+        UPDATE mainstay_streams s SET version = top.v FROM top
+        WHERE s.stream_id = top.stream_id AND top.v > s.version)
+    SELECT ids.stream_id, top.v, ids.truncate_before, ids.max_count, ids.max_age_ms,
+           CASE WHEN ids.max_age_ms IS NOT NULL THEN
+               (SELECT y.version FROM mainstay_events y
+                WHERE y.stream_id = ids.stream_id AND y.created_at_ms >= $2 - ids.max_age_ms
+                ORDER BY y.version LIMIT 1) END
+    FROM ids JOIN top ON top.stream_id = ids.stream_id
+    ORDER BY ids.stream_id";
+
+/// Scavenge: deletes up to `$3` events below each stream's bound (`$1` ids, `$2` bounds),
+/// the oldest of each stream first.
+const SCAVENGE_BATCH: &str = "DELETE FROM mainstay_events d
+    WHERE (d.stream_id, d.version) IN (
+        SELECT t.id, e.version
+        FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS t(id, below, ord)
+        CROSS JOIN LATERAL (
+            SELECT x.version FROM mainstay_events x
+            WHERE x.stream_id = t.id AND x.version < t.below
+            ORDER BY x.version LIMIT $3) e
+        ORDER BY t.ord, e.version LIMIT $3)";
 
 const SOFT_DELETED: i16 = 1;
 const TOMBSTONED: i16 = 2;
@@ -1113,45 +1161,63 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn scavenge(&self) -> Result<u64, StoreError> {
-        let mut client = self.client().await?;
-        let tx = excluding_appends(&mut client).await?;
-        // First record each stream's version in its row (Exact appends leave the row
-        // behind), so deleting its newest events cannot lower it; then delete only up to
-        // that version (events appended meanwhile are left for the next pass), and only
-        // a prefix of the stream (an old event after a young one, from a skewed clock,
-        // stays: a hole would let an `Exact` append pass its check in the middle).
-        tx.execute(
-            "UPDATE mainstay_streams s SET version = m.v
-             FROM (SELECT e.stream_id, max(e.version) AS v
-                   FROM mainstay_events e JOIN mainstay_streams r ON r.stream_id = e.stream_id
-                   WHERE r.truncate_before IS NOT NULL OR r.max_count IS NOT NULL
-                      OR r.max_age_ms IS NOT NULL
-                   GROUP BY e.stream_id) m
-             WHERE s.stream_id = m.stream_id AND m.v > s.version",
-            &[],
-        )
-        .await
-        .map_err(pg_err)?;
-        let deleted = tx
-            .execute(
-                "WITH young AS (
-                     SELECT s.stream_id,
-                            (SELECT min(y.version) FROM mainstay_events y
-                             WHERE y.stream_id = s.stream_id
-                               AND y.created_at_ms >= $1 - s.max_age_ms) AS first_young
-                     FROM mainstay_streams s WHERE s.max_age_ms IS NOT NULL)
-                 DELETE FROM mainstay_events e USING mainstay_streams s
-                 LEFT JOIN young ON young.stream_id = s.stream_id
-                 WHERE s.stream_id = e.stream_id AND e.version <= s.version
-                   AND ((s.truncate_before IS NOT NULL AND e.version < s.truncate_before)
-                     OR (s.max_count IS NOT NULL AND e.version <= s.version - s.max_count)
-                     OR (s.max_age_ms IS NOT NULL
-                         AND e.version < coalesce(young.first_young, s.version + 1)))",
-                &[&(now_ms() as i64)],
+        // Streams with retention, 256 at a time. For each group, one statement first
+        // records each stream's version in its row (`Exact` appends leave the row behind),
+        // so deleting its newest events cannot lower it, and reads what retention hides:
+        // versions below a bound, never above that version (events appended meanwhile are
+        // left for the next pass). The bound only grows with time, so using it later is
+        // safe. Then the events below it go in batches of `scavenge_batch`, each in its own
+        // transaction that excludes appends, oldest first per stream: only a prefix of a
+        // stream is ever removed (a hole would let an `Exact` append pass its check in the
+        // middle), and an old event after a young one (a skewed clock) stays.
+        let batch = self.scavenge_batch as i64;
+        let mut deleted = 0u64;
+        let mut after = String::new();
+        loop {
+            let rows = mainstay_core::pg::write_idempotent(
+                &self.pool,
+                SCAVENGE_BOUNDS,
+                &[&after, &(now_ms() as i64)],
             )
             .await
             .map_err(pg_err)?;
-        tx.commit().await.map_err(pg_err)?;
+            let Some(last) = rows.last() else { break };
+            after = last.get::<_, String>(0);
+            let (mut ids, mut bounds) = (Vec::new(), Vec::new());
+            for r in &rows {
+                let Some(v) = r.get::<_, Option<i64>>(1) else {
+                    continue; // no events
+                };
+                let mut below = i64::MIN;
+                if let Some(t) = r.get::<_, Option<i64>>(2) {
+                    below = below.max(t);
+                }
+                if let Some(n) = r.get::<_, Option<i64>>(3) {
+                    below = below.max(v - n + 1);
+                }
+                if r.get::<_, Option<i64>>(4).is_some() {
+                    below = below.max(r.get::<_, Option<i64>>(5).unwrap_or(v + 1));
+                }
+                let below = below.min(v + 1);
+                if below > i64::MIN {
+                    ids.push(r.get::<_, String>(0));
+                    bounds.push(below);
+                }
+            }
+            while !ids.is_empty() {
+                let mut client = self.client().await?;
+                let tx = excluding_appends(&mut client).await?;
+                let n = tx
+                    .execute(SCAVENGE_BATCH, &[&ids, &bounds, &batch])
+                    .await
+                    .map_err(pg_err)?;
+                tx.commit().await.map_err(pg_err)?;
+                deleted += n;
+                if n < batch as u64 {
+                    break;
+                }
+            }
+        }
         Ok(deleted)
     }
 

@@ -69,6 +69,7 @@ pub struct SqliteEventStore {
     /// Bumped after every append this instance commits: wakes its subscribers.
     appended: Arc<watch::Sender<u64>>,
     poll: Duration,
+    scavenge_batch: usize,
 }
 
 /// A subscriber's wake-ups: this instance's appends, or the poll interval.
@@ -143,7 +144,16 @@ impl SqliteEventStore {
             conn: mainstay_core::sqlite::SharedConnection::new(conn),
             appended: Arc::new(watch::channel(0).0),
             poll: DEFAULT_POLL_INTERVAL,
+            scavenge_batch: crate::DEFAULT_SCAVENGE_BATCH,
         })
+    }
+
+    /// Most events one scavenge statement removes (default
+    /// [`crate::DEFAULT_SCAVENGE_BATCH`]; at least 1). SQLite has one writer at a time, so
+    /// a pass with much to remove lets appends through between batches.
+    pub fn with_scavenge_batch(mut self, events: usize) -> Self {
+        self.scavenge_batch = events.max(1);
+        self
     }
 
     /// How often caught-up subscriptions re-read without a wake-up (default
@@ -561,20 +571,32 @@ impl EventStore for SqliteEventStore {
     }
 
     async fn scavenge(&self) -> Result<u64, StoreError> {
-        self.with(move |c| {
-            c.execute(
-                "DELETE FROM mainstay_events WHERE position IN (
-                     SELECT e.position FROM mainstay_events e
-                     JOIN mainstay_streams s ON s.stream_id = e.stream_id
-                     WHERE (s.truncate_before IS NOT NULL AND e.version < s.truncate_before)
-                        OR (s.max_count IS NOT NULL AND e.version <= s.version - s.max_count)
-                        OR (s.max_age_ms IS NOT NULL AND e.created_at_ms < ?1 - s.max_age_ms))",
-                params![now_ms() as i64],
-            )
-            .map(|n| n as u64)
-            .map_err(db_err)
-        })
-        .await
+        // One statement per batch, each its own write: other writers get the database
+        // between batches. The cutoff time is fixed for the pass.
+        let (now, batch) = (now_ms() as i64, self.scavenge_batch as i64);
+        let mut deleted = 0u64;
+        loop {
+            let n = self
+                .with(move |c| {
+                    c.prepare_cached(
+                        "DELETE FROM mainstay_events WHERE position IN (
+                             SELECT e.position FROM mainstay_events e
+                             JOIN mainstay_streams s ON s.stream_id = e.stream_id
+                             WHERE (s.truncate_before IS NOT NULL AND e.version < s.truncate_before)
+                                OR (s.max_count IS NOT NULL AND e.version <= s.version - s.max_count)
+                                OR (s.max_age_ms IS NOT NULL AND e.created_at_ms < ?1 - s.max_age_ms)
+                             LIMIT ?2)",
+                    )
+                    .and_then(|mut st| st.execute(params![now, batch]))
+                    .map(|n| n as u64)
+                    .map_err(db_err)
+                })
+                .await?;
+            deleted += n;
+            if n < batch as u64 {
+                return Ok(deleted);
+            }
+        }
     }
 
     async fn save_snapshot(

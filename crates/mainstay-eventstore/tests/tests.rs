@@ -18,16 +18,29 @@ enum Kind {
 
 /// A fresh store: a SQLite file in a temp dir, or a fresh PostgreSQL database.
 async fn store(kind: Kind) -> (Arc<dyn EventStore>, Box<dyn std::any::Any + Send>) {
+    store_batched(kind, mainstay_eventstore::DEFAULT_SCAVENGE_BATCH).await
+}
+
+/// A fresh store whose scavenge removes at most `batch` events per transaction.
+async fn store_batched(
+    kind: Kind,
+    batch: usize,
+) -> (Arc<dyn EventStore>, Box<dyn std::any::Any + Send>) {
     match kind {
         Kind::Sqlite => {
             let dir = tempfile::tempdir().unwrap();
-            let s = SqliteEventStore::open(dir.path().join("events.db")).unwrap();
+            let s = SqliteEventStore::open(dir.path().join("events.db"))
+                .unwrap()
+                .with_scavenge_batch(batch);
             (Arc::new(s), Box::new(dir))
         }
         Kind::Postgres => {
             let pg = shared_postgres();
             let url = pg.database().await.unwrap();
-            let s = PostgresEventStore::connect(&url).await.unwrap();
+            let s = PostgresEventStore::connect(&url)
+                .await
+                .unwrap()
+                .with_scavenge_batch(batch);
             (Arc::new(s), Box::new((pg, url)))
         }
     }
@@ -855,9 +868,10 @@ async fn all_streams(s: &Arc<dyn EventStore>) -> Vec<(String, u64)> {
 }
 
 /// Retention by count, age and truncation hides events from stream reads at once;
-/// scavenging removes them from `$all`; bad metadata is refused and changes nothing.
+/// scavenging removes them from `$all` (in batches of 2 here, so over several
+/// transactions); bad metadata is refused and changes nothing.
 async fn retention_hides_then_scavenge_removes(kind: Kind) {
-    let (s, _d) = store(kind).await;
+    let (s, _d) = store_batched(kind, 2).await;
     let batch = |n| (0..n).map(|i| ev("E", i)).collect::<Vec<_>>();
     s.append("count-1", ExpectedVersion::Any, batch(10))
         .await
@@ -1206,11 +1220,11 @@ async fn deletes_racing_exact_appends(kind: Kind) {
 }
 per_store!(deletes_racing_exact_appends);
 
-/// `scavenge` runs over and over while eight writers append with `Exact` to a stream
-/// kept to its last 5 events: the version never goes back, no append is lost, and the
-/// stream ends with exactly its last 5 events.
+/// `scavenge` (in batches of 2) runs over and over while eight writers append with
+/// `Exact` to a stream kept to its last 5 events: the version never goes back, no append
+/// is lost, and the stream ends with exactly its last 5 events.
 async fn scavenge_racing_appends_keeps_versions(kind: Kind) {
-    let (s, _d) = store(kind).await;
+    let (s, _d) = store_batched(kind, 2).await;
     let stream = "kept";
     s.append(stream, ExpectedVersion::NoStream, vec![ev("Opened", 0)])
         .await
@@ -1311,6 +1325,75 @@ async fn scavenge_racing_appends_keeps_versions(kind: Kind) {
     ));
 }
 per_store!(scavenge_racing_appends_keeps_versions);
+
+/// A scavenge with much to remove does not hold appends for the whole pass: 40000 events
+/// truncated away are removed 500 per transaction, and an append made once the first
+/// batches are gone completes while the oldest remaining event of `$all` is still one
+/// the scavenge has yet to remove. (In one transaction, the append would wait for the
+/// whole delete: the first event seen after the first progress is already the end.)
+async fn scavenge_lets_appends_through_between_batches(kind: Kind) {
+    let (s, _d) = store_batched(kind, 500).await;
+    let total = 40_000u64;
+    for _ in 0..total / 1000 {
+        let events = (0..1000).map(|i| ev("Big", i)).collect();
+        s.append("big", ExpectedVersion::Any, events).await.unwrap();
+    }
+    s.set_stream_metadata(
+        "big",
+        StreamMetadata {
+            truncate_before: Some(total),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let first = |s: Arc<dyn EventStore>| async move {
+        s.read_all(Position::START, 1, &ReadAllFilter::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+            .map(|e| (e.stream, e.version))
+    };
+    assert_eq!(first(s.clone()).await, Some(("big".into(), 0)));
+    let scavenger = {
+        let s = s.clone();
+        tokio::spawn(async move { s.scavenge().await.unwrap() })
+    };
+    // Progress: the oldest event of `big` is gone, not all of them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match first(s.clone()).await {
+            Some((stream, v)) if stream == "big" && v > 0 => break,
+            Some((stream, 0)) if stream == "big" => {}
+            other => panic!("no partial progress seen; $all starts at {other:?}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "scavenge never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    s.append("other", ExpectedVersion::NoStream, vec![ev("Other", 0)])
+        .await
+        .unwrap();
+    let head = first(s.clone()).await;
+    assert!(
+        matches!(&head, Some((stream, v)) if stream == "big" && *v < total - 1),
+        "the append waited for the whole scavenge: $all starts at {head:?}"
+    );
+    assert_eq!(scavenger.await.unwrap(), total);
+    settle_marker(&s).await;
+    let left = all_streams(&s).await;
+    assert_eq!(
+        left[0],
+        ("other".into(), 0),
+        "left: {:?}",
+        &left[..3.min(left.len())]
+    );
+    assert!(!left.iter().any(|(st, _)| st == "big"));
+}
+per_store!(scavenge_lets_appends_through_between_batches);
 
 /// A database made before events carried `stream_deleted` (the flag an `Exact` append
 /// checks): connecting adds the column and flags the last event of every soft-deleted
