@@ -427,9 +427,22 @@ fn pg_err(e: impl mainstay_core::pg::Describe) -> StoreError {
     }
 }
 
+/// Events from rows, into a vector sized once.
+fn event_rows(rows: &[Row]) -> Result<Vec<RecordedEvent>, StoreError> {
+    let mut events = Vec::with_capacity(rows.len());
+    for r in rows {
+        events.push(event_row(r)?);
+    }
+    Ok(events)
+}
+
 fn event_row(r: &Row) -> Result<RecordedEvent, StoreError> {
     let json = |i: usize| -> Result<serde_json::Value, StoreError> {
-        serde_json::from_str(r.get::<_, &str>(i)).map_err(|e| pg_err(e.to_string()))
+        match r.get::<_, &str>(i) {
+            // Most metadata (and some data) is empty: no parse.
+            "{}" => Ok(serde_json::Value::Object(Default::default())),
+            text => serde_json::from_str(text).map_err(|e| pg_err(e.to_string())),
+        }
     };
     Ok(RecordedEvent {
         stream: r.get(0),
@@ -1004,7 +1017,7 @@ impl EventStore for PostgresEventStore {
         )
         .await
         .map_err(pg_err)?;
-        rows.iter().map(event_row).collect()
+        event_rows(&rows)
     }
 
     async fn read_all(
@@ -1034,7 +1047,7 @@ impl EventStore for PostgresEventStore {
         )
         .await
         .map_err(pg_err)?;
-        rows.iter().map(event_row).collect()
+        event_rows(&rows)
     }
 
     async fn stream_version(&self, stream: &str) -> Result<Option<u64>, StoreError> {
