@@ -211,7 +211,15 @@ impl LockClient {
                 .acquire(name, &lease_id, &owner, opts.ttl, opts.wait)
                 .await
         };
-        guard.disarm();
+        // A failed call may still have been granted: the request ran and only its reply
+        // was lost (a response timeout, a connection cut after the commit). Then nobody
+        // knows the lease and the lock would stay taken until its ttl — so on an error the
+        // guard releases the lease id in the background too (a no-op if nothing was
+        // granted).
+        match &outcome {
+            Ok(_) => guard.disarm(),
+            Err(_) => drop(guard),
+        }
         let outcome = outcome?;
         match outcome {
             TryAcquire::Held(holder) => Err(LockError::Busy {

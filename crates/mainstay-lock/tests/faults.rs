@@ -325,6 +325,62 @@ async fn lost_fires_before_expiry_redis() {
     .await;
 }
 
+/// A grant whose reply is lost does not hold the lock until its ttl: the request reaches
+/// Redis (delayed 3 s by the proxy, past the client's 2 s response timeout) and is
+/// granted there, the caller gets an error — and the client releases the lease id it
+/// chose, so another client is granted long before the 60 s ttl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grant_with_lost_reply_is_released_redis() {
+    let r = shared_redis();
+    let url = r.url();
+    let upstream = url
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_string();
+    let proxy = TcpProxy::start(&upstream).unwrap();
+    let ns = unique("lostreply").to_lowercase();
+    let through = connect(
+        BackendKind::Redis,
+        &[format!("redis://{}/", proxy.addr())],
+        &ns,
+    )
+    .await;
+    let direct = connect(BackendKind::Redis, &[url], &ns).await;
+    let ttl = Duration::from_secs(60);
+    // One grant first, so Redis has the script cached (`EVALSHA` would otherwise come back
+    // `NOSCRIPT` after the timeout, and nothing would be granted).
+    let warm = through
+        .try_acquire("l", &AcquireOptions::ttl(ttl))
+        .await
+        .unwrap();
+    assert!(through.release("l", &warm.lease_id).await.unwrap());
+    proxy.set_delay(Duration::from_secs(3));
+    let failed = through
+        .try_acquire("l", &AcquireOptions::ttl(ttl).owner("lost-reply"))
+        .await;
+    assert!(failed.is_err(), "the reply was not delayed: {failed:?}");
+    // The grant lands on Redis after the timeout (and holds the lock), then the release
+    // the client sent after the error.
+    mainstay_testkit::eventually(Duration::from_secs(10), "the lost grant lands", || {
+        let direct = direct.clone();
+        async move {
+            direct.holder("l").await.unwrap().map(|h| h.owner) == Some("lost-reply".into())
+        }
+    })
+    .await
+    .unwrap();
+    let lease = direct
+        .acquire(
+            "l",
+            &AcquireOptions::ttl(ttl)
+                .owner("next")
+                .wait(Duration::from_secs(20)),
+        )
+        .await
+        .expect("the lost grant kept the lock");
+    assert!(direct.release("l", &lease.lease_id).await.unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_fires_before_expiry_postgres() {
     let pg = shared_postgres();
