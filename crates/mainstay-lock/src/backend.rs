@@ -89,6 +89,9 @@ pub(crate) async fn poll_acquire<B: LockBackend + ?Sized>(
 ) -> Result<TryAcquire, LockError> {
     let deadline = Instant::now() + wait;
     let mut delay = FIRST_POLL;
+    // Set by a failed attempt: it may have been granted with only its reply lost, and then
+    // the next attempt finds the lock held by this very lease id.
+    let mut maybe_granted = false;
     loop {
         // Register interest before trying so a release between the try and the sleep wakes us.
         let notified = backend.release_signal().map(|n| n.notified());
@@ -101,6 +104,7 @@ pub(crate) async fn poll_acquire<B: LockBackend + ?Sized>(
             // the wait lasts; the last error is returned when it runs out.
             Err(e) if e.is_transient() && Instant::now() < deadline => {
                 tracing::debug!(lock = %name, error = %e, "acquire attempt failed; retrying");
+                maybe_granted = true;
                 Err(e)
             }
             Err(e) => return Err(e),
@@ -113,6 +117,19 @@ pub(crate) async fn poll_acquire<B: LockBackend + ?Sized>(
                 delay = (delay * 2).min(MAX_POLL);
             }
             Ok(TryAcquire::Acquired(lease)) => return Ok(TryAcquire::Acquired(lease)),
+            // Held — perhaps by this lease id, granted by an attempt whose reply was lost:
+            // release it (a no-op if another lease holds the lock) and try again at once.
+            Ok(TryAcquire::Held(_)) if maybe_granted => {
+                match backend.release(name, lease_id).await {
+                    Ok(true) => {
+                        maybe_granted = false;
+                        tracing::debug!(lock = %name, "released a grant whose reply was lost");
+                    }
+                    Ok(false) => maybe_granted = false,
+                    // Still unknown; ask again after the next attempt.
+                    Err(_) => {}
+                }
+            }
             Ok(TryAcquire::Held(holder)) => {
                 let now = Instant::now();
                 if now >= deadline {
@@ -138,5 +155,79 @@ pub(crate) async fn poll_acquire<B: LockBackend + ?Sized>(
                 delay = (delay * 2).min(MAX_POLL);
             }
         }
+    }
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
+    use crate::sqlite::SqliteBackend;
+    use crate::{AcquireOptions, LockClient};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A real backend whose first grant's reply is lost: the grant happens, the caller
+    /// gets a transient error.
+    struct LoseFirstReply {
+        inner: SqliteBackend,
+        lost: AtomicBool,
+    }
+
+    #[async_trait]
+    impl LockBackend for LoseFirstReply {
+        fn kind(&self) -> BackendKind {
+            self.inner.kind()
+        }
+        async fn try_acquire(
+            &self,
+            name: &LockName,
+            lease_id: &str,
+            owner: &str,
+            ttl: Duration,
+        ) -> Result<TryAcquire, LockError> {
+            let outcome = self.inner.try_acquire(name, lease_id, owner, ttl).await;
+            if matches!(outcome, Ok(TryAcquire::Acquired(_)))
+                && !self.lost.swap(true, Ordering::SeqCst)
+            {
+                return Err(LockError::backend("sqlite", "reply lost (injected)"));
+            }
+            outcome
+        }
+        async fn extend(
+            &self,
+            name: &LockName,
+            lease_id: &str,
+            ttl: Duration,
+        ) -> Result<Option<Lease>, LockError> {
+            self.inner.extend(name, lease_id, ttl).await
+        }
+        async fn release(&self, name: &LockName, lease_id: &str) -> Result<bool, LockError> {
+            self.inner.release(name, lease_id).await
+        }
+        async fn holder(&self, name: &LockName) -> Result<Option<Holder>, LockError> {
+            self.inner.holder(name).await
+        }
+    }
+
+    /// A waiting acquire whose first attempt was granted but lost its reply is granted on
+    /// a later attempt within its wait — not refused as `Busy` by its own lost grant, which
+    /// would hold the lock for the whole 60 s ttl.
+    #[tokio::test]
+    async fn waiting_acquire_recovers_its_own_lost_grant() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = LockClient::new(LoseFirstReply {
+            inner: SqliteBackend::open(dir.path().join("locks.db")).unwrap(),
+            lost: AtomicBool::new(false),
+        });
+        let opts = AcquireOptions::ttl(Duration::from_secs(60))
+            .owner("retrying")
+            .wait(Duration::from_secs(5));
+        let lease = client
+            .acquire("x", &opts)
+            .await
+            .expect("own lost grant blocked the acquire");
+        let holder = client.holder("x").await.unwrap().unwrap();
+        assert_eq!(holder.fencing_token, lease.fencing_token);
+        assert!(client.release("x", &lease.lease_id).await.unwrap());
+        assert_eq!(client.holder("x").await.unwrap(), None);
     }
 }
