@@ -16,7 +16,7 @@ use axum::Json;
 use futures::Stream;
 use mainstay_eventstore::{
     subscribe, DeleteMode, Direction, EventData, ExpectedVersion, Position, ReadAllFilter,
-    RecordedEvent, StreamMetadata, SubscribeOptions,
+    RecordedEvent, Snapshot, StreamMetadata, SubscribeOptions,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -102,6 +102,13 @@ pub(crate) struct DeleteQuery {
 #[serde(deny_unknown_fields)]
 pub(crate) struct CheckpointBody {
     position: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SnapshotBody {
+    version: u64,
+    data: Value,
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Problem> {
@@ -371,6 +378,50 @@ pub(crate) async fn set_metadata(
     let stream = path(stream)?;
     s.events.set_stream_metadata(&stream, m.clone()).await?;
     Ok(Json(m))
+}
+
+/// The latest snapshot of the stream's aggregate; 404 `snapshot-not-found` when none.
+pub(crate) async fn snapshot(
+    State(s): State<AppState>,
+    stream: Result<Path<String>, PathRejection>,
+) -> Result<Json<Snapshot>, Problem> {
+    let stream = path(stream)?;
+    match s.events.load_snapshot(&stream).await? {
+        Some(snapshot) => Ok(Json(snapshot)),
+        None => Err(no_snapshot(stream)),
+    }
+}
+
+fn no_snapshot(stream: String) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "snapshot-not-found",
+        format!("no snapshot saved for stream {stream:?}"),
+    )
+    .with("stream", stream)
+}
+
+/// Saves `{version, data}` as the stream's snapshot unless a newer one is stored; answers
+/// with the snapshot stored afterwards (the caller sees whether theirs was kept).
+pub(crate) async fn save_snapshot(
+    State(s): State<AppState>,
+    stream: Result<Path<String>, PathRejection>,
+    Body(b): Body<SnapshotBody>,
+) -> Result<Json<Snapshot>, Problem> {
+    let stream = path(stream)?;
+    s.events.save_snapshot(&stream, b.version, b.data).await?;
+    match s.events.load_snapshot(&stream).await? {
+        Some(snapshot) => Ok(Json(snapshot)),
+        // A hard delete raced the save.
+        None => Err(no_snapshot(stream)),
+    }
+}
+
+/// Removes the events retention and soft deletes hide (in batches; appends continue
+/// meanwhile): `{"removed": n}`.
+pub(crate) async fn scavenge(State(s): State<AppState>) -> Result<Json<Value>, Problem> {
+    let removed = s.events.scavenge().await?;
+    Ok(Json(json!({ "removed": removed })))
 }
 
 /// `?mode=soft` (default) or `hard`, `&expected_version=` (default any): 204.

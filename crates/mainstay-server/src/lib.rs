@@ -139,6 +139,11 @@ pub fn router(state: AppState) -> Router {
             "/v1/streams/{stream}/metadata",
             get(events::metadata).put(events::set_metadata),
         )
+        .route(
+            "/v1/streams/{stream}/snapshot",
+            get(events::snapshot).put(events::save_snapshot),
+        )
+        .route("/v1/scavenge", post(events::scavenge))
         .route("/v1/all", get(events::read_all))
         .route("/v1/all/subscribe", get(events::subscribe_all))
         .route("/v1/subscriptions/{name}", get(events::checkpoint))

@@ -165,7 +165,11 @@ fn events(doc: &mut Value) {
         "AllRead": {"type": "object", "properties": {"events": {"type": "array", "items": {"$ref": "#/components/schemas/RecordedEvent"}}, "last_position": position}},
         "StreamMetadata": {"type": "object", "additionalProperties": false, "properties": {"max_count": {"type": "integer", "minimum": 1},
             "max_age_ms": {"type": "integer", "minimum": 1}, "truncate_before": ms, "custom": {}}},
-        "Checkpoint": {"type": "object", "required": ["position"], "properties": {"name": {"type": "string"}, "position": {"type": ["string", "null"]}}}
+        "Checkpoint": {"type": "object", "required": ["position"], "properties": {"name": {"type": "string"}, "position": {"type": ["string", "null"]}}},
+        "SnapshotRequest": {"type": "object", "additionalProperties": false, "required": ["version", "data"], "properties": {
+            "version": ms, "data": {"description": "the aggregate's state after folding events up to version (at most 1 MiB as JSON)"}}},
+        "Snapshot": {"type": "object", "properties": {"stream": {"type": "string"}, "version": ms, "data": {}, "created_at_ms": ms}},
+        "Scavenged": {"type": "object", "properties": {"removed": ms}}
     });
     let stream_param = json!({"name": "stream", "in": "path", "required": true, "schema": {"type": "string", "maxLength": 256}});
     let name_param = json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string", "maxLength": 256}});
@@ -209,6 +213,12 @@ fn events(doc: &mut Value) {
             "put": {"summary": "Replace stream metadata: max_count, max_age_ms and truncate_before hide events from reads at once", "parameters": [stream_param],
                 "requestBody": body("StreamMetadata"), "responses": responses("StreamMetadata", &[("410", "the stream is tombstoned")])}
         },
+        "/v1/streams/{stream}/snapshot": {
+            "get": {"summary": "The latest snapshot of the stream's aggregate", "parameters": [stream_param], "responses": responses("Snapshot", &[("404", "no snapshot saved")])},
+            "put": {"summary": "Save a snapshot unless a newer one is stored; answers with the snapshot stored afterwards", "parameters": [stream_param],
+                "requestBody": body("SnapshotRequest"), "responses": responses("Snapshot", &[("413", "body over 1 MiB")])}
+        },
+        "/v1/scavenge": {"post": {"summary": "Remove the events retention and soft deletes hide (in batches; appends continue meanwhile)", "responses": responses("Scavenged", &[])}},
         "/v1/all": {"get": {"summary": "Read $all in position order after a position (never skipping an event that commits later)",
             "parameters": [q("after", position.clone(), "default: from the start"), q("limit", json!({"type": "integer", "minimum": 1, "maximum": 10000}), "default 100"), all_filters[0], all_filters[1]],
             "responses": responses("AllRead", &[])}},

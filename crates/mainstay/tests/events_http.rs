@@ -315,6 +315,83 @@ async fn bad_event_input_is_a_4xx_problem_and_writes_nothing() {
     assert_eq!(m, json!({}));
 }
 
+/// Snapshots over HTTP: none is 404; a save answers with what is stored; an older one
+/// never replaces a newer one; bad bodies are 400 problems and store nothing. Scavenge
+/// over HTTP removes what retention hides, from `$all` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_and_scavenge_over_http() {
+    let (locks, _dir) = sqlite_locks();
+    let base = serve(locks, None).await;
+    let url = format!("{base}/v1/streams/acc-9/snapshot");
+    let put = |body: Value| call(reqwest::Method::PUT, url.clone(), Some(body));
+    let (st, p) = get(url.clone()).await;
+    assert_eq!(
+        (st, p["type"].as_str()),
+        (404, Some("urn:mainstay:problem:snapshot-not-found")),
+        "{p}"
+    );
+    let (st, saved, _) = put(json!({"version": 5, "data": {"balance": 50}})).await;
+    assert_eq!(st, 200, "{saved}");
+    assert_eq!(
+        (&saved["stream"], &saved["version"], &saved["data"]),
+        (&json!("acc-9"), &json!(5), &json!({"balance": 50}))
+    );
+    let (st, older, _) = put(json!({"version": 3, "data": {"balance": 30}})).await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        older["version"], 5,
+        "an older snapshot replaced a newer one: {older}"
+    );
+    let (st, newer, _) = put(json!({"version": 7, "data": {"balance": 70}})).await;
+    assert_eq!((st, &newer["data"]), (200, &json!({"balance": 70})));
+    for (body, field) in [
+        (json!({"version": -1, "data": {}}), None),
+        (json!({"version": 8}), None),
+        (json!({"version": 8, "data": {}, "colour": "red"}), None),
+        (
+            json!({"version": 9_223_372_036_854_775_808u64, "data": {}}),
+            Some("version"),
+        ),
+        (json!({"version": 8, "data": "x".repeat(1_100_000)}), None),
+    ] {
+        let (st, p, ctype) = put(body.clone()).await;
+        let shown: String = body.to_string().chars().take(60).collect();
+        assert!(st == 400 || st == 413, "{shown}: {st} {p}");
+        assert_eq!(ctype, "application/problem+json", "{shown}");
+        if let Some(f) = field {
+            assert_eq!(p["field"], f, "{shown}: {p}");
+        }
+    }
+    let (_, kept) = get(url.clone()).await;
+    assert_eq!(
+        (&kept["version"], &kept["data"]),
+        (&json!(7), &json!({"balance": 70})),
+        "a refused save changed the snapshot"
+    );
+    let (st, _) = get(format!("{base}/v1/streams/{}/snapshot", "s".repeat(300))).await;
+    assert_eq!(st, 400);
+
+    // Scavenge: keep the last 2 of 5 events.
+    post(
+        format!("{base}/v1/streams/acc-9"),
+        json!({"events": (0..5).map(|i| json!({"type": "Deposited", "data": {"n": i}})).collect::<Vec<_>>()}),
+    )
+    .await;
+    let (st, _, _) = call(
+        reqwest::Method::PUT,
+        format!("{base}/v1/streams/acc-9/metadata"),
+        Some(json!({"max_count": 2})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (_, all) = get(format!("{base}/v1/all")).await;
+    assert_eq!(all["events"].as_array().unwrap().len(), 5);
+    let (st, removed) = post(format!("{base}/v1/scavenge"), json!({})).await;
+    assert_eq!((st, &removed), (200, &json!({"removed": 3})));
+    let (_, all) = get(format!("{base}/v1/all")).await;
+    assert_eq!(versions(&all), vec![3, 4]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_subscription_resumes_with_last_event_id_and_durable_checkpoints() {
     let (locks, _dir) = sqlite_locks();

@@ -346,6 +346,8 @@ async fn metrics_and_openapi_describe_the_api() {
         "/v1/txns",
         "/v1/streams/{stream}",
         "/v1/streams/{stream}/metadata",
+        "/v1/streams/{stream}/snapshot",
+        "/v1/scavenge",
         "/v1/all",
         "/v1/all/subscribe",
         "/v1/subscriptions/{name}",
