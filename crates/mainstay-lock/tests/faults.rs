@@ -308,14 +308,18 @@ async fn lost_fires_before_expiry(
     );
 }
 
+/// `host:port` of a `redis://host:port/` URL (what a proxy forwards to).
+fn redis_host_port(url: &str) -> String {
+    url.trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_fires_before_expiry_redis() {
     let r = shared_redis();
     let url = r.url();
-    let upstream = url
-        .trim_start_matches("redis://")
-        .trim_end_matches('/')
-        .to_string();
+    let upstream = redis_host_port(&url);
     lost_fires_before_expiry(
         BackendKind::Redis,
         url,
@@ -333,10 +337,7 @@ async fn lost_fires_before_expiry_redis() {
 async fn grant_with_lost_reply_is_released_redis() {
     let r = shared_redis();
     let url = r.url();
-    let upstream = url
-        .trim_start_matches("redis://")
-        .trim_end_matches('/')
-        .to_string();
+    let upstream = redis_host_port(&url);
     let proxy = TcpProxy::start(&upstream).unwrap();
     let ns = unique("lostreply").to_lowercase();
     let through = connect(
