@@ -496,7 +496,7 @@ impl PostgresEventStore {
     /// every stream while it runs (see `scavenge`), so a pass with much to remove lets
     /// them through between batches.
     pub fn with_scavenge_batch(mut self, events: usize) -> Self {
-        self.scavenge_batch = events.max(1);
+        self.scavenge_batch = events.clamp(1, i64::MAX as usize);
         self
     }
 

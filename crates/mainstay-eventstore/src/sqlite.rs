@@ -152,7 +152,7 @@ impl SqliteEventStore {
     /// [`crate::DEFAULT_SCAVENGE_BATCH`]; at least 1). SQLite has one writer at a time, so
     /// a pass with much to remove lets appends through between batches.
     pub fn with_scavenge_batch(mut self, events: usize) -> Self {
-        self.scavenge_batch = events.max(1);
+        self.scavenge_batch = events.clamp(1, i64::MAX as usize);
         self
     }
 
