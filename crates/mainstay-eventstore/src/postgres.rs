@@ -1178,8 +1178,10 @@ impl EventStore for PostgresEventStore {
         // records each stream's version in its row (`Exact` appends leave the row behind),
         // so deleting its newest events cannot lower it, and reads what retention hides:
         // versions below a bound, never above that version (events appended meanwhile are
-        // left for the next pass). The bound only grows with time, so using it later is
-        // safe. Then the events below it go in batches of `scavenge_batch`, each in its own
+        // left for the next pass). Time only moves a bound up, so using it a little later
+        // is safe; metadata changed during the pass counts from the next pass (events it
+        // hid when the pass read it are removed). Then the events below the bound go in
+        // batches of `scavenge_batch`, each in its own
         // transaction that excludes appends, oldest first per stream: only a prefix of a
         // stream is ever removed (a hole would let an `Exact` append pass its check in the
         // middle), and an old event after a young one (a skewed clock) stays.
