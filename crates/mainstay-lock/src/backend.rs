@@ -119,15 +119,23 @@ pub(crate) async fn poll_acquire<B: LockBackend + ?Sized>(
             Ok(TryAcquire::Acquired(lease)) => return Ok(TryAcquire::Acquired(lease)),
             // Held — perhaps by this lease id, granted by an attempt whose reply was lost:
             // release it (a no-op if another lease holds the lock) and try again at once.
-            Ok(TryAcquire::Held(_)) if maybe_granted => {
+            Ok(TryAcquire::Held(holder)) if maybe_granted => {
                 match backend.release(name, lease_id).await {
-                    Ok(true) => {
+                    Ok(released) => {
                         maybe_granted = false;
-                        tracing::debug!(lock = %name, "released a grant whose reply was lost");
+                        if released {
+                            tracing::debug!(lock = %name, "released a grant whose reply was lost");
+                        }
                     }
-                    Ok(false) => maybe_granted = false,
-                    // Still unknown; ask again after the next attempt.
-                    Err(_) => {}
+                    // Still unknown: ask again after the next attempt, after a pause.
+                    Err(_) => {
+                        if Instant::now() >= deadline {
+                            return Ok(TryAcquire::Held(holder));
+                        }
+                        let sleep = delay.mul_f64(rand::rng().random_range(0.5..=1.0));
+                        tokio::time::sleep_until((Instant::now() + sleep).min(deadline)).await;
+                        delay = (delay * 2).min(MAX_POLL);
+                    }
                 }
             }
             Ok(TryAcquire::Held(holder)) => {
