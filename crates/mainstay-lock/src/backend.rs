@@ -117,28 +117,21 @@ pub(crate) async fn poll_acquire<B: LockBackend + ?Sized>(
                 delay = (delay * 2).min(MAX_POLL);
             }
             Ok(TryAcquire::Acquired(lease)) => return Ok(TryAcquire::Acquired(lease)),
-            // Held — perhaps by this lease id, granted by an attempt whose reply was lost:
-            // release it (a no-op if another lease holds the lock) and try again at once.
-            Ok(TryAcquire::Held(holder)) if maybe_granted => {
-                match backend.release(name, lease_id).await {
-                    Ok(released) => {
-                        maybe_granted = false;
-                        if released {
+            Ok(TryAcquire::Held(holder)) => {
+                // Held — perhaps by this lease id, granted by an earlier attempt whose reply
+                // was lost: release it (a no-op if another lease holds the lock) and, if it
+                // was ours, try again at once. A failed release is asked again next round.
+                if maybe_granted {
+                    match backend.release(name, lease_id).await {
+                        Ok(true) => {
                             tracing::debug!(lock = %name, "released a grant whose reply was lost");
+                            maybe_granted = false;
+                            continue;
                         }
-                    }
-                    // Still unknown: ask again after the next attempt, after a pause.
-                    Err(_) => {
-                        if Instant::now() >= deadline {
-                            return Ok(TryAcquire::Held(holder));
-                        }
-                        let sleep = delay.mul_f64(rand::rng().random_range(0.5..=1.0));
-                        tokio::time::sleep_until((Instant::now() + sleep).min(deadline)).await;
-                        delay = (delay * 2).min(MAX_POLL);
+                        Ok(false) => maybe_granted = false,
+                        Err(_) => {}
                     }
                 }
-            }
-            Ok(TryAcquire::Held(holder)) => {
                 let now = Instant::now();
                 if now >= deadline {
                     return Ok(TryAcquire::Held(holder));
