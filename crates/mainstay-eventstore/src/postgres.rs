@@ -1181,21 +1181,18 @@ impl EventStore for PostgresEventStore {
         // left for the next pass). Time only moves a bound up, so using it a little later
         // is safe; metadata changed during the pass counts from the next pass (events it
         // hid when the pass read it are removed). Then the events below the bound go in
-        // batches of `scavenge_batch`, each in its own
-        // transaction that excludes appends, oldest first per stream: only a prefix of a
-        // stream is ever removed (a hole would let an `Exact` append pass its check in the
-        // middle), and an old event after a young one (a skewed clock) stays.
-        let batch = self.scavenge_batch as i64;
+        // batches of `scavenge_batch`, each in its own transaction that excludes appends,
+        // oldest first per stream: only a prefix of a stream is ever removed (a hole would
+        // let an `Exact` append pass its check in the middle), and an old event after a
+        // young one (a skewed clock) stays. The age cutoff is fixed for the pass.
+        let (now, batch) = (now_ms() as i64, self.scavenge_batch as i64);
         let mut deleted = 0u64;
         let mut after = String::new();
         loop {
-            let rows = mainstay_core::pg::write_idempotent(
-                &self.pool,
-                SCAVENGE_BOUNDS,
-                &[&after, &(now_ms() as i64)],
-            )
-            .await
-            .map_err(pg_err)?;
+            let rows =
+                mainstay_core::pg::write_idempotent(&self.pool, SCAVENGE_BOUNDS, &[&after, &now])
+                    .await
+                    .map_err(pg_err)?;
             let Some(last) = rows.last() else { break };
             after = last.get::<_, String>(0);
             let (mut ids, mut bounds) = (Vec::new(), Vec::new());
@@ -1203,21 +1200,21 @@ impl EventStore for PostgresEventStore {
                 let Some(v) = r.get::<_, Option<i64>>(1) else {
                     continue; // no events
                 };
-                let mut below = i64::MIN;
-                if let Some(t) = r.get::<_, Option<i64>>(2) {
-                    below = below.max(t);
-                }
-                if let Some(n) = r.get::<_, Option<i64>>(3) {
-                    below = below.max(v - n + 1);
-                }
-                if r.get::<_, Option<i64>>(4).is_some() {
-                    below = below.max(r.get::<_, Option<i64>>(5).unwrap_or(v + 1));
-                }
-                let below = below.min(v + 1);
-                if below > i64::MIN {
-                    ids.push(r.get::<_, String>(0));
-                    bounds.push(below);
-                }
+                // An event goes if any retention rule hides it: below the highest bound.
+                let by_truncation = r.get::<_, Option<i64>>(2);
+                let by_count = r.get::<_, Option<i64>>(3).map(|n| v - n + 1);
+                let by_age = r
+                    .get::<_, Option<i64>>(4)
+                    .map(|_| r.get::<_, Option<i64>>(5).unwrap_or(v + 1));
+                let Some(below) = [by_truncation, by_count, by_age]
+                    .into_iter()
+                    .flatten()
+                    .max()
+                else {
+                    continue;
+                };
+                ids.push(r.get::<_, String>(0));
+                bounds.push(below.min(v + 1));
             }
             while !ids.is_empty() {
                 let mut client = self.client().await?;
