@@ -385,20 +385,20 @@ pub(crate) async fn snapshot(
     State(s): State<AppState>,
     stream: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Snapshot>, Problem> {
-    let stream = path(stream)?;
-    match s.events.load_snapshot(&stream).await? {
-        Some(snapshot) => Ok(Json(snapshot)),
-        None => Err(no_snapshot(stream)),
-    }
+    stored_snapshot(&s, path(stream)?).await
 }
 
-fn no_snapshot(stream: String) -> Problem {
-    Problem::new(
-        StatusCode::NOT_FOUND,
-        "snapshot-not-found",
-        format!("no snapshot saved for stream {stream:?}"),
-    )
-    .with("stream", stream)
+/// The snapshot stored for `stream`, or 404 `snapshot-not-found`.
+async fn stored_snapshot(s: &AppState, stream: String) -> Result<Json<Snapshot>, Problem> {
+    match s.events.load_snapshot(&stream).await? {
+        Some(snapshot) => Ok(Json(snapshot)),
+        None => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "snapshot-not-found",
+            format!("no snapshot saved for stream {stream:?}"),
+        )
+        .with("stream", stream)),
+    }
 }
 
 /// Saves `{version, data}` as the stream's snapshot unless a newer one is stored; answers
@@ -410,11 +410,8 @@ pub(crate) async fn save_snapshot(
 ) -> Result<Json<Snapshot>, Problem> {
     let stream = path(stream)?;
     s.events.save_snapshot(&stream, b.version, b.data).await?;
-    match s.events.load_snapshot(&stream).await? {
-        Some(snapshot) => Ok(Json(snapshot)),
-        // A hard delete raced the save.
-        None => Err(no_snapshot(stream)),
-    }
+    // 404 only if a hard delete raced the save.
+    stored_snapshot(&s, stream).await
 }
 
 /// Removes the events retention and soft deletes hide (in batches; appends continue
