@@ -1,4 +1,5 @@
 //! Shared plumbing for Mainstay crates: unguessable ids, the wall clock, human durations,
+//! connecting to a backing server with retries until a deadline,
 //! the configuration types that the library crates, the server and the CLI share, a
 //! PostgreSQL pool helper (feature `postgres`), the SQLite open helper (feature `sqlite`), and crash
 //! failpoints for fault tests.
@@ -12,6 +13,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod connect;
 pub mod duration;
 pub mod failpoint;
 pub mod id;

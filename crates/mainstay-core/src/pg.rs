@@ -6,15 +6,17 @@ use std::str::FromStr;
 use std::time::Duration;
 
 /// A pool of up to `max_size` connections to `url` (`postgres://user@host:port/db` or the
-/// key=value form). Waiting for a connection and opening one each time out after 10 s.
-/// Connects lazily: the first `get()` reports an unreachable server. The error names what
-/// is wrong with the URL.
+/// key=value form). Waiting for a free connection times out after 10 s; opening one is
+/// retried with backoff until the [connect deadline](crate::connect::deadline) (a server
+/// that is starting, restarting or briefly overloaded is waited for; a refused password
+/// is not). Connects lazily: the first `get()` reports an unreachable server. The error
+/// names what is wrong with the URL.
 pub fn pool(url: &str, max_size: usize) -> Result<Pool, String> {
     let config = tokio_postgres::Config::from_str(url)
         .map_err(|e| format!("invalid PostgreSQL URL: {e}"))?;
-    let manager = Manager::from_config(
+    let manager = Manager::from_connect(
         config,
-        tokio_postgres::NoTls,
+        RetryingConnect,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -25,16 +27,98 @@ pub fn pool(url: &str, max_size: usize) -> Result<Pool, String> {
         // light load instead of every request waking a different (cold) one.
         .queue_mode(deadpool_postgres::QueueMode::Lifo)
         .wait_timeout(Some(Duration::from_secs(10)))
-        .create_timeout(Some(Duration::from_secs(10)))
+        // Bounds an attempt that hangs (a paused server accepts TCP but never answers).
+        .create_timeout(Some(crate::connect::deadline()))
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .map_err(|e| format!("PostgreSQL pool: {e}"))
 }
 
-/// Runs `schema` (idempotent DDL) on a pooled connection. Concurrent first starts can
-/// race on the catalog; the loser's retry sees the tables.
-pub async fn ensure_schema(pool: &Pool, schema: &str) -> Result<(), String> {
-    let client = pool.get().await.map_err(|e| e.describe())?;
+/// `host:port` of a PostgreSQL URL, for error messages.
+pub fn address(url: &str) -> String {
+    let Ok(config) = tokio_postgres::Config::from_str(url) else {
+        return "(invalid URL)".into();
+    };
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
+}
+
+/// A connection failure that retrying can cure: no answer or refused at the socket, the
+/// server starting up or shutting down (57P03, 57P01/02), too many connections (53300),
+/// a connection exception (class 08). Not an authentication or unknown-database error.
+fn connect_retryable(e: &tokio_postgres::Error) -> bool {
+    match e.code().map(|c| c.code()) {
+        None => true,
+        Some(code) => {
+            matches!(code, "57P01" | "57P02" | "57P03" | "53300") || code.starts_with("08")
+        }
+    }
+}
+
+/// Opens connections like deadpool's own connector, retried until the connect deadline.
+struct RetryingConnect;
+
+impl deadpool_postgres::Connect for RetryingConnect {
+    fn connect(
+        &self,
+        pg_config: &tokio_postgres::Config,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<
+                        (tokio_postgres::Client, tokio::task::JoinHandle<()>),
+                        tokio_postgres::Error,
+                    >,
+                > + Send
+                + '_,
+        >,
+    > {
+        let pg_config = pg_config.clone();
+        Box::pin(async move {
+            let mut backoff = crate::connect::Backoff::new(crate::connect::deadline());
+            loop {
+                match pg_config.connect(tokio_postgres::NoTls).await {
+                    Ok((client, connection)) => {
+                        let task = tokio::spawn(async move {
+                            let _ = connection.await;
+                        });
+                        return Ok((client, task));
+                    }
+                    Err(e) if connect_retryable(&e) && backoff.pause().await => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+    }
+}
+
+/// Runs `schema` (idempotent DDL) on a pooled connection: the first connection, so its
+/// failure names the server (`url`'s host and port) and the connect deadline. Concurrent
+/// first starts can race on the catalog; the loser's retry sees the tables.
+pub async fn ensure_schema(pool: &Pool, url: &str, schema: &str) -> Result<(), String> {
+    let client = pool.get().await.map_err(|e| {
+        let unreachable = match &e {
+            deadpool_postgres::PoolError::Backend(e) => connect_retryable(e),
+            deadpool_postgres::PoolError::Timeout(_) => true,
+            _ => false,
+        };
+        if unreachable {
+            format!(
+                "postgres at {}: not reachable within the connect deadline of {:?}: {}",
+                address(url),
+                crate::connect::deadline(),
+                e.describe()
+            )
+        } else {
+            format!("postgres at {}: {}", address(url), e.describe())
+        }
+    })?;
     if client.batch_execute(schema).await.is_err() {
         client
             .batch_execute(schema)
@@ -163,10 +247,9 @@ pub async fn read(
     let mut attempts = 0;
     loop {
         let outcome = async {
-            let c = pool.get().await.map_err(|e| match e {
-                deadpool_postgres::PoolError::Backend(e) => Err(e),
-                e => Ok(e.describe()),
-            })?;
+            // A failure to open a connection was already retried until the connect
+            // deadline; only a connection lost under a statement is repeated here.
+            let c = pool.get().await.map_err(|e| Ok(e.describe()))?;
             let st = c.prepare_cached(sql).await.map_err(Err)?;
             c.query(&st, params).await.map_err(Err)
         }

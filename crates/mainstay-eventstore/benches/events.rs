@@ -398,7 +398,7 @@ async fn postgres() {
     let store: Arc<dyn EventStore> = Arc::new(PostgresEventStore::connect(&url).await.unwrap());
     let raw_url = pg.database().await.unwrap();
     let pool = mainstay_core::pg::pool(&raw_url, 32).unwrap();
-    mainstay_core::pg::ensure_schema(&pool, RAW_PG)
+    mainstay_core::pg::ensure_schema(&pool, &raw_url, RAW_PG)
         .await
         .unwrap();
     let _ = pg.url();

@@ -463,7 +463,7 @@ impl PostgresEventStore {
     /// Connects (a pool of up to 32) and creates the tables if missing.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let pool = mainstay_core::pg::pool(url, 32).map_err(|m| StoreError::invalid("url", m))?;
-        mainstay_core::pg::ensure_schema(&pool, SCHEMA)
+        mainstay_core::pg::ensure_schema(&pool, url, SCHEMA)
             .await
             .map_err(pg_err)?;
         let committed = Arc::new(watch::channel(0u64).0);
@@ -553,10 +553,12 @@ fn lost_or(e: tokio_postgres::Error, a: Option<&Append>) -> Failed {
 impl PostgresEventStore {
     /// One attempt of [`EventStore::append_many`] (already validated).
     async fn append_once(&self, appends: &[Append]) -> Result<Vec<AppendResult>, Failed> {
-        let mut client = self.pool.get().await.map_err(|e| match e {
-            deadpool_postgres::PoolError::Backend(e) => lost_or(e, None),
-            e => Failed::Refused(pg_err(e)),
-        })?;
+        // Opening a connection was already retried until the connect deadline.
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| Failed::Refused(pg_err(e)))?;
         let st = client
             .prepare_cached(APPEND)
             .await

@@ -97,9 +97,24 @@ impl EtcdBackend {
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(3))
             .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2));
-        let client = Client::connect(endpoints, Some(opts))
-            .await
-            .map_err(etcd_err)?;
+        let client = mainstay_core::connect::with_retry(
+            "etcd",
+            &endpoints.join(","),
+            |e: &etcd_client::Error| !matches!(e, etcd_client::Error::InvalidArgs(_)),
+            // The channel connects lazily: a first read proves the cluster answers.
+            |_| async {
+                let mut client = Client::connect(endpoints, Some(opts.clone())).await?;
+                client
+                    .get(
+                        prefix,
+                        Some(GetOptions::new().with_keys_only().with_limit(1)),
+                    )
+                    .await?;
+                Ok::<_, etcd_client::Error>(client)
+            },
+        )
+        .await
+        .map_err(etcd_err)?;
         Ok(EtcdBackend {
             client,
             prefix: prefix.to_string(),

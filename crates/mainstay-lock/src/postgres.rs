@@ -91,7 +91,7 @@ impl PostgresBackend {
     /// up to 16 connections, and creates the lock table if missing.
     pub async fn connect(url: &str) -> Result<Self, LockError> {
         let pool = mainstay_core::pg::pool(url, 16).map_err(LockError::Config)?;
-        mainstay_core::pg::ensure_schema(&pool, SCHEMA)
+        mainstay_core::pg::ensure_schema(&pool, url, SCHEMA)
             .await
             .map_err(pg_err)?;
         Ok(PostgresBackend {

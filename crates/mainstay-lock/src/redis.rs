@@ -283,9 +283,20 @@ impl RedisBackend {
     /// Connects with a custom key prefix (one keyspace per application or test).
     pub async fn connect_with_prefix(url: &str, prefix: &str) -> Result<Self, LockError> {
         let node = RedisNode::connect(url, prefix, Duration::from_secs(2))?;
-        // Fail fast on a wrong address rather than at the first lock call.
-        node.holder(&LockName::new("mainstay-connect-check")?)
-            .await?;
+        // Report a wrong address (after retrying until the connect deadline) rather than
+        // fail at the first lock call.
+        let check = LockName::new("mainstay-connect-check")?;
+        mainstay_core::connect::with_retry(
+            "redis",
+            &mainstay_core::connect::redact(url),
+            // A refused password stays refused.
+            |e: &LockError| {
+                e.is_transient() && !e.to_string().to_ascii_lowercase().contains("auth")
+            },
+            |_| node.holder(&check),
+        )
+        .await
+        .map_err(redis_err)?;
         Ok(RedisBackend {
             node,
             released: Default::default(),

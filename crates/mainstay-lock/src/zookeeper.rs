@@ -7,17 +7,26 @@
 //! fencing token is the node's **czxid**: zxids only grow for the life of the ensemble and
 //! grants follow creation order.
 //!
-//! Expiry has two layers: the ttl is enforced by this process (a timer deletes the node
-//! unless extended), and if this process dies or is paused or cut off, ZooKeeper deletes
-//! the node when the **session** expires (session timeout, default 10 s, bounded by the
-//! server's min/max). A lease therefore belongs to the process that acquired it: another
-//! Mainstay process cannot extend or release it. The visible expiry is stored in the node.
+//! **The ttl is the contract, enforced with the ensemble's clock.** A node records its
+//! lease's ttl; it expires `ttl` after its last write, measured by the `mtime` ZooKeeper
+//! stamps on it. A holder renews by rewriting its node; a waiter rewrites its own node
+//! every ttl/3 while it waits, which both keeps its place and tells it the ensemble's
+//! current time. A waiter whose predecessor is expired by that clock deletes it with a
+//! version check (a renewal in between wins), so a holder that died, was paused or was cut
+//! off loses the lock at its ttl, not at the end of its ZooKeeper session. Status reads
+//! take the ensemble's time from a write to `{root}/clock` and do not report an expired
+//! holder. This process also deletes its own node at the ttl unless extended, and
+//! ZooKeeper deletes every node of a session that expires (session timeout, default 10 s).
+//! A lease belongs to the process that acquired it: another Mainstay process cannot
+//! extend or release it.
 //!
 //! A lease's ttl is capped at the negotiated session timeout (the session's end ends the
 //! lease anyway), so [`crate::KeepAlive::lost`] fires before ZooKeeper can expire it.
 //!
-//! Limits: a paused holder learns nothing until it resumes (fence the resource); zxids
-//! restart if the ensemble's data is wiped (the client's regression check refuses then).
+//! Limits: expiry uses the `mtime` of the ZooKeeper leader; a leader change between
+//! servers whose clocks differ by Δ can end a lease up to Δ early (fence the resource). A
+//! paused holder learns nothing until it resumes; zxids restart if the ensemble's data is
+//! wiped (the client's regression check refuses then).
 
 use crate::backend::{LockBackend, TryAcquire};
 use crate::error::LockError;
@@ -32,10 +41,69 @@ use tokio::sync::RwLock;
 use tokio::time::Instant;
 use zookeeper_client as zk;
 
+/// What a lock node stores. `ttl_ms` is the contract; `expires_at_ms` (the writer's own
+/// estimate) is kept for nodes written before `ttl_ms` existed.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct NodeData {
     owner: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ttl_ms: Option<u64>,
+    #[serde(default)]
     expires_at_ms: u64,
+}
+
+impl NodeData {
+    fn encode(owner: &str, ttl: Duration) -> Result<Vec<u8>, LockError> {
+        let ttl_ms = ttl.as_millis() as u64;
+        serde_json::to_vec(&NodeData {
+            owner: owner.to_string(),
+            ttl_ms: Some(ttl_ms),
+            expires_at_ms: now_ms() + ttl_ms,
+        })
+        .map_err(zk_err)
+    }
+}
+
+/// A node in a lock's queue as read: its expiry is by the ensemble's clock.
+struct Node {
+    owner: String,
+    czxid: i64,
+    version: i32,
+    expires_at_ms: u64,
+}
+
+impl Node {
+    fn parse(data: &[u8], stat: &zk::Stat) -> Node {
+        let d: NodeData = serde_json::from_slice(data).unwrap_or(NodeData {
+            owner: String::new(),
+            ttl_ms: None,
+            expires_at_ms: 0,
+        });
+        Node {
+            owner: d.owner,
+            czxid: stat.czxid,
+            version: stat.version,
+            expires_at_ms: match d.ttl_ms {
+                Some(ttl) => (stat.mtime.max(0) as u64).saturating_add(ttl),
+                None => d.expires_at_ms,
+            },
+        }
+    }
+
+    fn holder(&self) -> Holder {
+        Holder {
+            owner: self.owner.clone(),
+            fencing_token: self.czxid as u64,
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
+}
+
+/// The local instant at which an ensemble time `at_ms` comes, given that the ensemble's
+/// clock read `server_now_ms` at about `seen` (a little early is harmless: the waiter
+/// re-checks with a fresh reading).
+fn local_instant(at_ms: u64, server_now_ms: u64, seen: Instant) -> Instant {
+    seen + Duration::from_millis(at_ms.saturating_sub(server_now_ms))
 }
 
 /// A lease held by this process.
@@ -147,12 +215,19 @@ impl ZookeeperBackend {
         connect: &str,
         session_timeout: Duration,
     ) -> Result<zk::Client, LockError> {
-        zk::Client::connector()
-            .with_session_timeout(session_timeout)
-            .with_connection_timeout(Duration::from_secs(3))
-            .connect(connect)
-            .await
-            .map_err(zk_err)
+        mainstay_core::connect::with_retry(
+            "zookeeper",
+            connect,
+            |e: &zk::Error| !matches!(e, zk::Error::AuthFailed | zk::Error::BadArguments(_)),
+            |left| {
+                zk::Client::connector()
+                    .with_session_timeout(session_timeout)
+                    .with_connection_timeout(left.min(Duration::from_secs(3)))
+                    .connect(connect)
+            },
+        )
+        .await
+        .map_err(zk_err)
     }
 
     /// The session in use, replaced by a fresh one once the old one expired (its ephemeral
@@ -184,33 +259,74 @@ impl ZookeeperBackend {
         Ok(children)
     }
 
-    async fn node_holder(
-        &self,
-        client: &zk::Client,
-        path: &str,
-    ) -> Result<Option<Holder>, LockError> {
+    async fn read_node(&self, client: &zk::Client, path: &str) -> Result<Option<Node>, LockError> {
         match client.get_data(path).await {
-            Ok((data, stat)) => {
-                let d: NodeData = serde_json::from_slice(&data).unwrap_or(NodeData {
-                    owner: String::new(),
-                    expires_at_ms: 0,
-                });
-                Ok(Some(Holder {
-                    owner: d.owner,
-                    fencing_token: stat.czxid as u64,
-                    expires_at_ms: d.expires_at_ms,
-                }))
-            }
+            Ok((data, stat)) => Ok(Some(Node::parse(&data, &stat))),
             Err(zk::Error::NoNode) => Ok(None),
             Err(e) => Err(zk_err(e)),
         }
     }
 
-    async fn holder_in(&self, client: &zk::Client, dir: &str) -> Result<Option<Holder>, LockError> {
-        for child in self.queue(client, dir).await? {
-            if let Some(h) = self.node_holder(client, &format!("{dir}/{child}")).await? {
-                return Ok(Some(h));
+    /// The ensemble's current time: the `mtime` of a write to `{root}/clock`.
+    async fn ensemble_now_ms(&self, client: &zk::Client) -> Result<u64, LockError> {
+        let path = format!("{}/clock", self.root);
+        let stat = match client.set_data(&path, b"", None).await {
+            Err(zk::Error::NoNode) => {
+                let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+                match client.create(&path, b"", &opts).await {
+                    Ok((stat, _)) => stat,
+                    Err(zk::Error::NodeExists) => {
+                        client.set_data(&path, b"", None).await.map_err(zk_err)?
+                    }
+                    Err(e) => return Err(zk_err(e)),
+                }
             }
+            other => other.map_err(zk_err)?,
+        };
+        Ok(stat.mtime.max(0) as u64)
+    }
+
+    /// Deletes `node` at `path` if it expired before the ensemble time `now_ms`, unless it
+    /// was rewritten (renewed) since it was read. True when the node is gone.
+    async fn remove_if_expired(
+        &self,
+        client: &zk::Client,
+        path: &str,
+        node: &Node,
+        now_ms: u64,
+    ) -> Result<bool, LockError> {
+        if node.expires_at_ms >= now_ms {
+            return Ok(false);
+        }
+        match client.delete(path, Some(node.version)).await {
+            Ok(()) => {
+                tracing::debug!(path, "deleted an expired lock node");
+                Ok(true)
+            }
+            Err(zk::Error::NoNode) => Ok(true),
+            Err(zk::Error::BadVersion) => Ok(false),
+            Err(e) => Err(zk_err(e)),
+        }
+    }
+
+    /// The first node of the queue that has not expired by the ensemble time `now_ms`;
+    /// expired nodes before it are deleted on the way.
+    async fn holder_in(
+        &self,
+        client: &zk::Client,
+        dir: &str,
+        now_ms: u64,
+    ) -> Result<Option<Holder>, LockError> {
+        for child in self.queue(client, dir).await? {
+            let path = format!("{dir}/{child}");
+            let Some(node) = self.read_node(client, &path).await? else {
+                continue;
+            };
+            if node.expires_at_ms < now_ms {
+                self.remove_if_expired(client, &path, &node, now_ms).await?;
+                continue;
+            }
+            return Ok(Some(node.holder()));
         }
         Ok(None)
     }
@@ -259,17 +375,12 @@ impl ZookeeperBackend {
         let client = self.client().await?;
         let ttl = capped(ttl, &client);
         let dir = self.dir(name);
-        // The node carries its expiry from the start, so an immediate grant costs no
-        // extra write; a grant after waiting rewrites it.
-        let created_at = Instant::now();
-        let created_expiry = now_ms() + ttl.as_millis() as u64;
-        let data = serde_json::to_vec(&NodeData {
-            owner: owner.to_string(),
-            expires_at_ms: created_expiry,
-        })
-        .map_err(zk_err)?;
+        let data = NodeData::encode(owner, ttl)?;
         let opts = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
         let prefix = format!("{dir}/{lease_id}-");
+        // `sent` is taken before each write of our node: the lease (or our place in the
+        // queue) lasts `ttl` from the write's mtime, which is after `sent`.
+        let mut sent = Instant::now();
         let created = match client.create(&prefix, &data, &opts).await {
             Err(zk::Error::NoNode) => {
                 client
@@ -279,33 +390,29 @@ impl ZookeeperBackend {
                     )
                     .await
                     .map_err(zk_err)?;
+                sent = Instant::now();
                 client.create(&prefix, &data, &opts).await
             }
             other => other,
         };
-        let (stat, _) = created.map_err(zk_err)?;
+        let (created, _) = created.map_err(zk_err)?;
+        let token = created.czxid as u64;
+        let mut written = created;
         let outcome = async {
-            let mut waited = false;
+            let refresh_every = ttl / 3;
             loop {
+                // The ensemble's time as of our last write, and when we saw it.
+                let now_ms = written.mtime.max(0) as u64;
+                let seen = Instant::now();
                 let queue = self.queue(&client, &dir).await?;
                 let Some(pos) = queue.iter().position(|c| is_node_of(c, lease_id)) else {
-                    return Err(zk_err("our lock node vanished (session expired?)"));
+                    return Err(zk_err(
+                        "our lock node vanished (expired while this process was paused, or the session expired)",
+                    ));
                 };
                 if pos == 0 {
                     let path = format!("{dir}/{}", queue[0]);
-                    let (sent, expires_at_ms) = if waited {
-                        let sent = Instant::now();
-                        let expires_at_ms = now_ms() + ttl.as_millis() as u64;
-                        let data = serde_json::to_vec(&NodeData {
-                            owner: owner.to_string(),
-                            expires_at_ms,
-                        })
-                        .map_err(zk_err)?;
-                        client.set_data(&path, &data, None).await.map_err(zk_err)?;
-                        (sent, expires_at_ms)
-                    } else {
-                        (created_at, created_expiry)
-                    };
+                    let expires_at_ms = now_ms + ttl.as_millis() as u64;
                     self.leases
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -321,27 +428,55 @@ impl ZookeeperBackend {
                         name,
                         lease_id,
                         owner,
-                        stat.czxid as u64,
+                        token,
                         expires_at_ms,
                         ttl,
                         sent,
                     )));
                 }
-                if wait.is_none() || Instant::now() >= deadline {
-                    return Ok(TryAcquire::Held(self.holder_in(&client, &dir).await?));
-                }
-                waited = true;
+                // Only the predecessor matters: a dead one (holder or waiter) is removed
+                // once expired; a live one is watched.
                 let predecessor = format!("{dir}/{}", queue[pos - 1]);
+                let pred = match self.read_node(&client, &predecessor).await? {
+                    None => continue,
+                    Some(node) => node,
+                };
+                if self
+                    .remove_if_expired(&client, &predecessor, &pred, now_ms)
+                    .await?
+                {
+                    continue;
+                }
+                if wait.is_none() || Instant::now() >= deadline {
+                    return Ok(TryAcquire::Held(self.holder_in(&client, &dir, now_ms).await?));
+                }
                 let (exists, watcher) = client
                     .check_and_watch_stat(&predecessor)
                     .await
                     .map_err(zk_err)?;
                 if exists.is_some() {
+                    // Wake when the predecessor goes, when it would expire, to renew our
+                    // own place, or at the deadline — whichever comes first.
+                    let pred_expiry = local_instant(pred.expires_at_ms + 1, now_ms, seen);
+                    let wake = pred_expiry.min(sent + refresh_every).min(deadline);
                     tokio::select! {
                         _ = watcher.changed() => {}
-                        _ = tokio::time::sleep_until(deadline) => {}
+                        _ = tokio::time::sleep_until(wake) => {}
                     }
                 }
+                // Rewrite our node: it renews our place and reads the ensemble's clock.
+                // If we are now first, this write is also the grant's.
+                sent = Instant::now();
+                let path = format!("{dir}/{}", queue[pos]);
+                written = match client.set_data(&path, &data, None).await {
+                    Ok(stat) => stat,
+                    Err(zk::Error::NoNode) => {
+                        return Err(zk_err(
+                            "our queued lock node was removed as expired (this process was paused past its ttl)",
+                        ))
+                    }
+                    Err(e) => return Err(zk_err(e)),
+                };
             }
         }
         .await;
@@ -403,21 +538,16 @@ impl LockBackend for ZookeeperBackend {
         let client = self.client().await?;
         let ttl = capped(ttl, &client);
         let sent = Instant::now();
-        let (owner, token) = match self.node_holder(&client, &path).await? {
-            Some(h) => (h.owner, h.fencing_token),
+        let (owner, token) = match self.read_node(&client, &path).await? {
+            Some(n) => (n.owner, n.czxid as u64),
             None => return Ok(None),
         };
-        let expires_at_ms = now_ms() + ttl.as_millis() as u64;
-        let data = serde_json::to_vec(&NodeData {
-            owner: owner.clone(),
-            expires_at_ms,
-        })
-        .map_err(zk_err)?;
-        match client.set_data(&path, &data, None).await {
-            Ok(_) => {}
+        let data = NodeData::encode(&owner, ttl)?;
+        let expires_at_ms = match client.set_data(&path, &data, None).await {
+            Ok(stat) => stat.mtime.max(0) as u64 + ttl.as_millis() as u64,
             Err(zk::Error::NoNode) => return Ok(None),
             Err(e) => return Err(zk_err(e)),
-        }
+        };
         if let Some(l) = self
             .leases
             .lock()
@@ -468,6 +598,7 @@ impl LockBackend for ZookeeperBackend {
 
     async fn holder(&self, name: &LockName) -> Result<Option<Holder>, LockError> {
         let client = self.client().await?;
-        self.holder_in(&client, &self.dir(name)).await
+        let now_ms = self.ensemble_now_ms(&client).await?;
+        self.holder_in(&client, &self.dir(name), now_ms).await
     }
 }

@@ -47,6 +47,10 @@ pub(crate) struct GlobalArgs {
         value_delimiter = ','
     )]
     postgres_resources: Vec<String>,
+    /// How long connecting (and reconnecting) to PostgreSQL, Redis, etcd or ZooKeeper is
+    /// retried before it fails, e.g. `10s`. Default: 10s.
+    #[arg(long, global = true, env = "MAINSTAY_CONNECT_TIMEOUT")]
+    connect_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -71,6 +75,7 @@ struct ServerFile {
     token: Option<String>,
     data_dir: Option<PathBuf>,
     node_id: Option<String>,
+    connect_timeout: Option<String>,
 }
 
 /// The merged configuration.
@@ -130,6 +135,19 @@ impl Config {
         }
         if let Some(url) = &args.events_url {
             events.url = Some(url.clone());
+        }
+        if let Some(text) = args
+            .connect_timeout
+            .as_ref()
+            .or(file.server.connect_timeout.as_ref())
+        {
+            let deadline = mainstay_core::duration::parse(text)
+                .map_err(|e| anyhow::anyhow!("invalid connect timeout: {e}"))?;
+            anyhow::ensure!(
+                !deadline.is_zero(),
+                "invalid connect timeout {text:?}: must be above zero"
+            );
+            mainstay_core::connect::set_deadline(deadline);
         }
         let mut postgres_resources = file.postgres_resources;
         for spec in &args.postgres_resources {

@@ -306,3 +306,57 @@ async fn backend_is_chosen_by_config_file_env_and_flag() {
     );
     assert_eq!(via_flag["holder"]["owner"], "from-config");
 }
+
+/// A backend that is not there: every kind retries until the connect deadline, then fails
+/// with an error naming the backend, the address and the deadline.
+#[test]
+fn an_unreachable_backend_fails_at_the_connect_deadline_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Bound, then released: nothing listens on it.
+    let port = mainstay_testkit::free_port();
+    let cases = [
+        ("zookeeper", format!("127.0.0.1:{port}")),
+        ("etcd", format!("http://127.0.0.1:{port}")),
+        ("redis", format!("redis://127.0.0.1:{port}")),
+        (
+            "postgres",
+            format!("postgres://postgres@127.0.0.1:{port}/x"),
+        ),
+    ];
+    for (backend, url) in cases {
+        let started = std::time::Instant::now();
+        let out = mainstay(dir.path())
+            .args(["--backend", backend, "--backend-url", &url])
+            .args(["--connect-timeout", "1500ms", "lock", "status", "x"])
+            .output()
+            .unwrap();
+        let took = started.elapsed();
+        assert!(!out.status.success(), "{backend}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for part in [backend, &format!("127.0.0.1:{port}"), "1.5s"] {
+            assert!(err.contains(part), "{backend}: {err:?} lacks {part:?}");
+        }
+        // It waited for the deadline rather than giving up after the first attempt.
+        assert!(
+            took >= Duration::from_millis(1500),
+            "{backend}: gave up after {took:?}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_connect_timeout_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["soon", "0s"] {
+        let out = mainstay(dir.path())
+            .args(["--connect-timeout", bad, "lock", "status", "x"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("connect timeout") && err.contains(bad),
+            "{err}"
+        );
+    }
+}

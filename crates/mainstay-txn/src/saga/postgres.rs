@@ -161,7 +161,7 @@ impl PostgresSagaLog {
     /// missing.
     pub async fn connect(url: &str) -> Result<Self, TxnError> {
         let pool = mainstay_core::pg::pool(url, 32).map_err(TxnError::Config)?;
-        mainstay_core::pg::ensure_schema(&pool, SCHEMA)
+        mainstay_core::pg::ensure_schema(&pool, url, SCHEMA)
             .await
             .map_err(pg_err)?;
         Ok(PostgresSagaLog { pool })

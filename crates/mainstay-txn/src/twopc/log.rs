@@ -336,7 +336,7 @@ mod postgres {
         /// Connects (pool of up to 16) and creates the table if missing.
         pub async fn connect(url: &str) -> Result<Self, TxnError> {
             let pool = mainstay_core::pg::pool(url, 16).map_err(TxnError::Config)?;
-            mainstay_core::pg::ensure_schema(&pool, SCHEMA)
+            mainstay_core::pg::ensure_schema(&pool, url, SCHEMA)
                 .await
                 .map_err(pg_err)?;
             Ok(PostgresDecisionLog { pool })
