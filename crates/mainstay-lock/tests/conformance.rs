@@ -219,28 +219,41 @@ async fn expiry(kind: BackendKind) {
 }
 per_backend!(expiry);
 
-/// Keep-alive renews past many ttls; release stops renewal first.
+/// Keep-alive renews past several ttls; release stops renewal first. Each renewal is
+/// observed on the lease (not assumed after a sleep) and followed by a check that the lock
+/// is still held; the 3 s ttl leaves a renewal (due every second) two seconds to be late on
+/// a busy host before the lease could lapse.
 async fn keep_alive(kind: BackendKind) {
     let env = Env::new(kind).await;
     let (a, b) = (env.client().await, env.client().await);
-    let ttl = env.short_ttl();
+    let ttl = Duration::from_secs(3);
     let lease = a
         .try_acquire("ka", &AcquireOptions::ttl(ttl).owner("a"))
         .await
         .unwrap();
     let ka = a.keep_alive(lease.clone()).unwrap();
-    let until = std::time::Instant::now() + ttl * 3;
-    while std::time::Instant::now() < until {
+    let mut renewals = 0;
+    let mut last = lease.expires_at_ms;
+    // Until the first grant's own expiry is a second behind us.
+    while mainstay_core::clock::now_ms() <= lease.expires_at_ms + 1000 {
+        mainstay_testkit::eventually(ttl, "the next renewal", || {
+            let renewed = ka.lease().expires_at_ms > last;
+            async move { renewed }
+        })
+        .await
+        .unwrap();
+        last = ka.lease().expires_at_ms;
+        renewals += 1;
+        assert!(!ka.is_lost(), "{kind:?}: lost after {renewals} renewals");
         assert!(
             matches!(
                 b.try_acquire("ka", &AcquireOptions::ttl(ttl)).await,
                 Err(LockError::Busy { .. })
             ),
-            "lease lapsed despite keep-alive"
+            "{kind:?}: lease lapsed despite keep-alive ({renewals} renewals)"
         );
-        assert!(!ka.is_lost());
-        tokio::time::sleep(ttl / 4).await;
     }
+    assert!(renewals >= 3, "{kind:?}: only {renewals} renewals");
     assert!(ka.release().await.unwrap());
     let next = b
         .try_acquire("ka", &AcquireOptions::ttl(ttl))
@@ -284,16 +297,20 @@ async fn election(kind: BackendKind) {
     let b = campaign_b.await.unwrap().unwrap();
     assert!(b.epoch() > epoch_a);
     // The observer sees node-b (possibly after an empty gap).
-    loop {
-        match observed.next().await.unwrap().unwrap() {
-            Some(l) if l.candidate == "node-b" => {
-                assert_eq!(l.epoch, b.epoch());
-                break;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match observed.next().await.unwrap().unwrap() {
+                Some(l) if l.candidate == "node-b" => {
+                    assert_eq!(l.epoch, b.epoch());
+                    break;
+                }
+                Some(l) => panic!("unexpected leader {l:?}"),
+                None => continue,
             }
-            Some(l) => panic!("unexpected leader {l:?}"),
-            None => continue,
         }
-    }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{kind:?}: the observer never saw node-b lead"));
     assert_eq!(
         ea.leader("primary").await.unwrap().map(|l| l.candidate),
         Some("node-b".into())

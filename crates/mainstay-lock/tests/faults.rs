@@ -175,13 +175,37 @@ async fn redlock_tokens_monotonic_across_quorums() {
     }
 }
 
-/// ZooKeeper: 20 waiters queued one after another are granted in exactly that order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zookeeper_grants_waiters_in_fifo_order() {
-    let zk = mainstay_testkit::shared_zookeeper();
+/// How many keys or nodes wait in lock `name`'s queue (the holder included), read with
+/// the engine's own client.
+async fn queue_len(kind: BackendKind, url: &str, ns: &str, name: &str) -> usize {
+    match kind {
+        BackendKind::Zookeeper => {
+            let zk = zookeeper_client::Client::connect(url).await.unwrap();
+            zk.list_children(&format!("/{ns}/locks/{name}"))
+                .await
+                .map(|c| c.len())
+                .unwrap_or(0)
+        }
+        BackendKind::Etcd => {
+            let mut etcd = etcd_client::Client::connect([url], None).await.unwrap();
+            let opts = etcd_client::GetOptions::new()
+                .with_prefix()
+                .with_count_only();
+            etcd.get(format!("{ns}/locks/{name}/"), Some(opts))
+                .await
+                .map(|r| r.count() as usize)
+                .unwrap_or(0)
+        }
+        other => panic!("{other:?} has no queue"),
+    }
+}
+
+/// FIFO engines (etcd, ZooKeeper): 20 waiters queued one after another while the lock is
+/// held are granted in arrival order, with increasing tokens.
+async fn grants_waiters_in_fifo_order(kind: BackendKind, url: String) {
     let ns = unique("fifo").to_lowercase();
-    let urls = vec![zk.url()];
-    let holder = connect(BackendKind::Zookeeper, &urls, &ns).await;
+    let urls = vec![url.clone()];
+    let holder = connect(kind, &urls, &ns).await;
     // Kept alive: ZooKeeper caps a lease's ttl at the session timeout (2 s here).
     let first = holder
         .keep_alive(
@@ -192,10 +216,10 @@ async fn zookeeper_grants_waiters_in_fifo_order() {
         )
         .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let observer = connect(BackendKind::Zookeeper, &urls, &ns).await;
+    let observer = connect(kind, &urls, &ns).await;
     let mut tasks = Vec::new();
     for i in 0..20 {
-        let client = connect(BackendKind::Zookeeper, &urls, &ns).await;
+        let client = connect(kind, &urls, &ns).await;
         let tx = tx.clone();
         tasks.push(tokio::spawn(async move {
             let l = client
@@ -211,17 +235,9 @@ async fn zookeeper_grants_waiters_in_fifo_order() {
             client.release("f", &l.lease_id).await.unwrap();
         }));
         // Wait until waiter i is queued before starting i+1, so the arrival order is known.
-        let zkc = zookeeper_client::Client::connect(&urls[0]).await.unwrap();
-        let dir = format!("/{ns}/locks/f");
         mainstay_testkit::eventually(Duration::from_secs(10), "waiter queued", || {
-            let zkc = zkc.clone();
-            let dir = dir.clone();
-            async move {
-                zkc.list_children(&dir)
-                    .await
-                    .map(|c| c.len() == i + 2)
-                    .unwrap_or(false)
-            }
+            let (url, ns) = (url.clone(), ns.clone());
+            async move { queue_len(kind, &url, &ns, "f").await == i + 2 }
         })
         .await
         .unwrap();
@@ -230,17 +246,37 @@ async fn zookeeper_grants_waiters_in_fifo_order() {
     assert!(first.release().await.unwrap());
     let mut order = Vec::new();
     for _ in 0..20 {
-        order.push(rx.recv().await.unwrap());
+        let granted = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{kind:?}: only {} of 20 waiters granted: {order:?}",
+                    order.len()
+                )
+            });
+        order.push(granted.expect("a waiter task failed"));
     }
     for t in tasks {
         t.await.unwrap();
     }
     let ids: Vec<usize> = order.iter().map(|o| o.0).collect();
-    assert_eq!(ids, (0..20).collect::<Vec<_>>(), "not FIFO");
+    assert_eq!(ids, (0..20).collect::<Vec<_>>(), "{kind:?}: not FIFO");
     assert!(
         order.windows(2).all(|w| w[0].1 < w[1].1),
-        "tokens not increasing: {order:?}"
+        "{kind:?}: tokens not increasing: {order:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper_grants_waiters_in_fifo_order() {
+    let url = mainstay_testkit::shared_zookeeper().url();
+    grants_waiters_in_fifo_order(BackendKind::Zookeeper, url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_grants_waiters_in_fifo_order() {
+    let url = shared_etcd().url();
+    grants_waiters_in_fifo_order(BackendKind::Etcd, url).await;
 }
 
 /// ZooKeeper: when the holder's session expires (its connection black-holed), the lock is
@@ -282,7 +318,12 @@ async fn lost_fires_before_expiry(
     let ns = unique("lost").to_lowercase();
     let through = connect(kind, &[proxied(&proxy)], &ns).await;
     let direct = connect(kind, &[direct_url], &ns).await;
-    let ttl = Duration::from_secs(3);
+    // etcd reports a lease's remaining time in whole seconds, so its expiry is checked by
+    // reading the holder after lost(): a 10 s ttl leaves that read 1 s (ttl/10) at least.
+    let ttl = match kind {
+        BackendKind::Etcd => Duration::from_secs(10),
+        _ => Duration::from_secs(3),
+    };
     let lease = through
         .try_acquire("l", &AcquireOptions::ttl(ttl).owner("cut-off"))
         .await
@@ -297,14 +338,64 @@ async fn lost_fires_before_expiry(
     .await
     .unwrap();
     proxy.set_mode(ProxyMode::Blackhole);
-    tokio::time::timeout(ttl * 2, ka.lost())
-        .await
-        .expect("lost() did not fire");
-    let holder = direct.holder("l").await.unwrap();
-    assert_eq!(
-        holder.map(|h| h.owner),
-        Some("cut-off".to_string()),
-        "{kind:?}: lost() fired only after the backend expired the lease"
+    if kind == BackendKind::Etcd {
+        tokio::time::timeout(ttl * 2, ka.lost())
+            .await
+            .expect("lost() did not fire");
+        let holder = direct.holder("l").await.unwrap();
+        assert_eq!(
+            holder.map(|h| h.owner),
+            Some("cut-off".to_string()),
+            "{kind:?}: lost() fired only after the backend expired the lease"
+        );
+    } else {
+        assert_lost_before_expiry(&ka, &direct, ttl * 2, &format!("{kind:?}")).await;
+    }
+}
+
+/// Waits for `ka.lost()` while reading, through `direct` (not cut off), the lease's expiry
+/// as the backend holds it; then asserts that `lost()` fired before the last expiry read.
+/// Renewals that landed unseen only move the real expiry later, so the check is
+/// conservative — and it compares timestamps rather than racing to read the holder in the
+/// ttl/10 between `lost()` and the expiry.
+async fn assert_lost_before_expiry(
+    ka: &mainstay_lock::KeepAlive,
+    direct: &mainstay_lock::LockClient,
+    within: Duration,
+    what: &str,
+) {
+    let name = ka.lease().name;
+    let token = ka.fencing_token();
+    let mut backend_expiry = None;
+    let lost = ka.lost();
+    tokio::pin!(lost);
+    let give_up = tokio::time::sleep(within);
+    tokio::pin!(give_up);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut lost => break,
+            _ = &mut give_up => panic!("{what}: lost() did not fire within {within:?}"),
+            read = async {
+                let read = direct.holder(&name).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                read
+            } => {
+                if let Ok(Some(h)) = read {
+                    if h.fencing_token == token {
+                        backend_expiry = Some(h.expires_at_ms);
+                    }
+                }
+            }
+        }
+    }
+    let lost_at_ms = mainstay_core::clock::now_ms();
+    let expiry =
+        backend_expiry.unwrap_or_else(|| panic!("{what}: the backend never showed the lease"));
+    assert!(
+        lost_at_ms < expiry,
+        "{what}: lost() fired at {lost_at_ms}, {} ms after the backend's expiry {expiry}",
+        lost_at_ms - expiry
     );
 }
 
@@ -494,17 +585,6 @@ async fn lost_fires_before_expiry_redlock() {
     for p in &proxies {
         p.set_mode(ProxyMode::Blackhole);
     }
-    tokio::time::timeout(ttl * 2, ka.lost())
-        .await
-        .expect("lost() did not fire");
-    let holder = connect(BackendKind::Redlock, &direct, &ns)
-        .await
-        .holder("l")
-        .await
-        .unwrap();
-    assert_eq!(
-        holder.map(|h| h.owner),
-        Some("cut-off".to_string()),
-        "lost() fired only after a majority expired the lease"
-    );
+    let direct = connect(BackendKind::Redlock, &direct, &ns).await;
+    assert_lost_before_expiry(&ka, &direct, ttl * 2, "Redlock").await;
 }

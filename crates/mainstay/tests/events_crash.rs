@@ -15,13 +15,26 @@ const EVENTS: usize = 20_000;
 
 type Printed = Arc<Mutex<Vec<(Position, String)>>>;
 
+/// A running tail and the thread that collects its complete output lines.
+struct Tail {
+    child: std::process::Child,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Tail {
+    /// SIGKILL, then wait until the reader has taken every complete line the pipe held
+    /// (it ends at end of file, once the process is gone).
+    async fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        tokio::task::spawn_blocking(move || self.reader.join().unwrap())
+            .await
+            .unwrap();
+    }
+}
+
 /// Starts a tail after `from`; a thread collects its complete output lines.
-fn tail(
-    dir: &std::path::Path,
-    store_args: &[String],
-    from: Position,
-    out: Printed,
-) -> std::process::Child {
+fn tail(dir: &std::path::Path, store_args: &[String], from: Position, out: Printed) -> Tail {
     let mut child = mainstay(dir)
         .args(store_args)
         .args(["events", "tail", "--after", &from.to_string()])
@@ -30,7 +43,7 @@ fn tail(
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         let mut r = std::io::BufReader::new(stdout);
         let mut line = Vec::new();
         loop {
@@ -49,7 +62,7 @@ fn tail(
             }
         }
     });
-    child
+    Tail { child, reader }
 }
 
 async fn wait_for(out: &Printed, n: usize, within: Duration) -> bool {
@@ -92,34 +105,21 @@ async fn killed_tail_restarts_without_gaps(store: Arc<dyn EventStore>, store_arg
     kills.sort();
     for k in &kills {
         let from = out.lock().unwrap().last().map_or(Position::START, |e| e.0);
-        let mut child = tail(dir.path(), &store_args, from, out.clone());
+        let child = tail(dir.path(), &store_args, from, out.clone());
         assert!(
             wait_for(&out, *k, Duration::from_secs(120)).await,
             "the tail stalled before {k} events"
         );
-        child.kill().unwrap();
-        child.wait().unwrap();
-        // Let the reader thread take the last complete lines the pipe still holds.
-        let settled = Instant::now() + Duration::from_secs(5);
-        let mut len = out.lock().unwrap().len();
-        loop {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let now = out.lock().unwrap().len();
-            if now == len || Instant::now() > settled {
-                break;
-            }
-            len = now;
-        }
+        child.kill().await;
     }
     let mut committed = Vec::new();
     for w in writers {
         committed.extend(w.await.unwrap());
     }
     let from = out.lock().unwrap().last().map_or(Position::START, |e| e.0);
-    let mut child = tail(dir.path(), &store_args, from, out.clone());
+    let child = tail(dir.path(), &store_args, from, out.clone());
     wait_for(&out, EVENTS, Duration::from_secs(30)).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill().await;
     let printed = out.lock().unwrap().clone();
     let out_of_order = printed.windows(2).filter(|p| p[1].0 <= p[0].0).count();
     let mut ids: Vec<&String> = printed.iter().map(|p| &p.1).collect();

@@ -4,6 +4,7 @@ use crate::common::{serve, sqlite_locks};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use std::time::Duration;
 
 async fn post(base: &str, path: &str, body: Value) -> (StatusCode, Value, String) {
     let r = reqwest::Client::new()
@@ -388,7 +389,11 @@ async fn election_over_http_with_sse_observe() {
                 }
                 continue;
             }
-            let chunk = events.next().await.unwrap().unwrap();
+            let chunk = tokio::time::timeout(Duration::from_secs(20), events.next())
+                .await
+                .expect("no SSE frame within 20 s")
+                .unwrap()
+                .unwrap();
             buf.push_str(std::str::from_utf8(&chunk).unwrap());
         }
     }
@@ -437,13 +442,17 @@ async fn election_over_http_with_sse_observe() {
     .await;
     assert_eq!(s, StatusCode::OK);
     assert!(b["epoch"].as_u64() > a["epoch"].as_u64());
-    loop {
-        let l = next_leader(&mut events, &mut buf).await;
-        if l["candidate"] == "b" {
-            assert_eq!(l["epoch"], b["epoch"]);
-            break;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let l = next_leader(&mut events, &mut buf).await;
+            if l["candidate"] == "b" {
+                assert_eq!(l["epoch"], b["epoch"]);
+                break;
+            }
         }
-    }
+    })
+    .await
+    .expect("the observe stream never showed b leading");
     let leader: Value = reqwest::get(format!("{base}/v1/elections/db"))
         .await
         .unwrap()
