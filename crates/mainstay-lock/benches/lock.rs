@@ -96,6 +96,39 @@ async fn cycle(client: &LockClient, name: &str) {
         .expect("release"));
 }
 
+/// Lock cycles on `pg` through our backend and through the raw floor, alternated.
+async fn postgres_cycles(pg: &PostgresServer, cycles: usize) -> (Stats, Stats) {
+    let url = pg.database().await.unwrap();
+    let ours = LockClient::new(
+        mainstay_lock::postgres::PostgresBackend::connect(&url)
+            .await
+            .unwrap(),
+    );
+    let (raw, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    raw.batch_execute(
+        "CREATE TABLE raw_locks (name text PRIMARY KEY, owner text, expires_at timestamptz)",
+    )
+    .await
+    .unwrap();
+    let ins = raw.prepare("INSERT INTO raw_locks VALUES ($1, 'bench', now() + interval '30 s') ON CONFLICT DO NOTHING").await.unwrap();
+    let del = raw
+        .prepare("DELETE FROM raw_locks WHERE name = $1 AND owner = 'bench'")
+        .await
+        .unwrap();
+    compare(
+        cycles,
+        |_| cycle(&ours, "p"),
+        |_| async {
+            assert_eq!(raw.execute(&ins, &[&"p"]).await.unwrap(), 1);
+            assert_eq!(raw.execute(&del, &[&"p"]).await.unwrap(), 1);
+        },
+    )
+    .await
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let cycles: usize = std::env::var("MAINSTAY_BENCH_CYCLES")
@@ -151,39 +184,23 @@ async fn main() {
         row("sqlite", "raw upsert + update (rusqlite, same pragmas)", r);
     }
 
-    // PostgreSQL: our backend vs raw INSERT … ON CONFLICT DO NOTHING + DELETE.
+    // PostgreSQL: our backend vs raw INSERT … ON CONFLICT DO NOTHING + DELETE, on the test
+    // kit's server (fsync=off, as the tests run) and on a durable one (fsync=on).
     if run("postgres") {
         let pg = PostgresServer::start().unwrap();
-        let url = pg.database().await.unwrap();
-        let ours = LockClient::new(
-            mainstay_lock::postgres::PostgresBackend::connect(&url)
-                .await
-                .unwrap(),
+        let r = postgres_cycles(&pg, cycles).await;
+        row(
+            "postgres (fsync=off)",
+            "raw INSERT + DELETE (tokio-postgres)",
+            r,
         );
-        let (raw, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        raw.batch_execute(
-            "CREATE TABLE raw_locks (name text PRIMARY KEY, owner text, expires_at timestamptz)",
-        )
-        .await
-        .unwrap();
-        let ins = raw.prepare("INSERT INTO raw_locks VALUES ($1, 'bench', now() + interval '30 s') ON CONFLICT DO NOTHING").await.unwrap();
-        let del = raw
-            .prepare("DELETE FROM raw_locks WHERE name = $1 AND owner = 'bench'")
-            .await
-            .unwrap();
-        let r = compare(
-            cycles,
-            |_| cycle(&ours, "p"),
-            |_| async {
-                assert_eq!(raw.execute(&ins, &[&"p"]).await.unwrap(), 1);
-                assert_eq!(raw.execute(&del, &[&"p"]).await.unwrap(), 1);
-            },
-        )
-        .await;
-        row("postgres", "raw INSERT + DELETE (tokio-postgres)", r);
+        let pg = PostgresServer::start_durable().unwrap();
+        let r = postgres_cycles(&pg, cycles).await;
+        row(
+            "postgres (fsync=on)",
+            "raw INSERT + DELETE (tokio-postgres)",
+            r,
+        );
     }
 
     // Redis: our backend vs raw SET NX PX + EVALSHA compare-and-delete.

@@ -12,7 +12,7 @@
 //! | `redis` | one Redis instance, no failover | counter seeded from Redis `TIME`, never expires | polling |
 //! | `redlock` | a majority of N independent Redis instances agree, clocks drift < 1% | max over a majority, written back to a majority | polling |
 //! | `etcd` | the etcd cluster keeps quorum | the key's create revision | FIFO, watches only its predecessor |
-//! | `zookeeper` | the ensemble keeps quorum | the lock node's creation zxid | FIFO, watches only its predecessor |
+//! | `zookeeper` | the ensemble keeps quorum (expiry by the leader's clock) | the lock node's creation zxid | FIFO, watches only its predecessor |
 //!
 //! **What no lease-based lock guarantees:** a holder paused (GC, SIGSTOP, swap) or cut off
 //! past its ttl still *believes* it holds the lock while another holder has it. Without a

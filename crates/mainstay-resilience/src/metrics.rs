@@ -1,5 +1,6 @@
-//! Prometheus text exposition of every policy's metrics, without a metrics dependency: the
-//! server renders it on `/metrics`, a service can serve it itself.
+//! Prometheus text exposition of every policy's metrics, without a metrics dependency: a
+//! service serves the rendered text on its own `/metrics`. (`mainstay serve` does not run
+//! resilience policies and does not render these.)
 //!
 //! ```
 //! use mainstay_resilience::{circuit_breaker::CircuitBreaker, metrics::Exposition};

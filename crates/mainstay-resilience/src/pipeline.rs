@@ -1,5 +1,6 @@
 //! Policies composed into one pipeline with one error type, built in code or from a serde
-//! config (TOML, YAML, JSON) so the server and sidecar reuse it.
+//! config (TOML, YAML, JSON), so one policy file can configure any service that links it
+//! (the planned sidecar is meant to read the same config).
 //!
 //! Order, outside in: **timeout** (whole call, retries included) → **retry** → **rate
 //! limit** → **circuit breaker** → **bulkhead** → **attempt timeout** → the operation.

@@ -28,10 +28,12 @@ mod metrics;
 mod openapi;
 mod problem;
 mod sagas;
+mod targets;
 mod txns;
 
 pub use metrics::Metrics;
 pub use problem::Problem;
+pub use targets::AllowedTargets;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post};
@@ -60,6 +62,7 @@ pub struct AppState {
     pub(crate) http: reqwest::Client,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) token: Option<Arc<str>>,
+    pub(crate) targets: Arc<AllowedTargets>,
 }
 
 impl AppState {
@@ -87,10 +90,18 @@ impl AppState {
                     .collect(),
             ),
             events,
-            http: reqwest::Client::new(),
+            http: mainstay_txn::participant_client(),
             metrics,
             token: token.map(Arc::from),
+            targets: Arc::new(AllowedTargets::any()),
         }
+    }
+
+    /// The URLs saga steps and 2PC HTTP participants may name. Default: any
+    /// ([`AllowedTargets::any`]); `mainstay serve` sets [`AllowedTargets::for_listen`].
+    pub fn with_allowed_targets(mut self, targets: AllowedTargets) -> Self {
+        self.targets = Arc::new(targets);
+        self
     }
 }
 

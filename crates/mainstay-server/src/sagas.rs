@@ -65,6 +65,7 @@ pub(crate) async fn register(
     State(s): State<AppState>,
     Body(def): Body<SagaDefinition>,
 ) -> Result<Response, Problem> {
+    s.targets.check_definition(&def)?;
     s.sagas.register(&def).await?;
     Ok((StatusCode::CREATED, Json(def)).into_response())
 }
@@ -106,6 +107,11 @@ pub(crate) async fn start(
         }
         (a, h) => a.or(h),
     };
+    // A definition registered under a wider allow-list (or before one existed) is
+    // checked again before it runs.
+    if let Ok(def) = s.sagas.definition(&b.definition).await {
+        s.targets.check_definition(&def)?;
+    }
     let (saga, created) = s
         .sagas
         .start_saga(

@@ -110,6 +110,7 @@ pub(crate) async fn run(
                         format!("invalid URL {url:?}: needs http:// or https:// and a host"),
                     ));
                 }
+                s.targets.check(&format!("participants[{i}].url"), url)?;
                 if !p.sql.is_empty() {
                     return Err(invalid(
                         format!("participants[{i}].sql"),

@@ -1,5 +1,5 @@
-//! Private Redis, PostgreSQL, etcd and ZooKeeper servers (start commands from DESIGN.md's
-//! machine notes), and the shared servers a test run exports through the environment.
+//! Private Redis, PostgreSQL, etcd, ZooKeeper and NATS servers, each on a free loopback port
+//! in a temp dir, and the shared servers a test run exports through the environment.
 
 use crate::process::Process;
 use crate::{free_port, unique};

@@ -25,3 +25,14 @@ pub mod twopc;
 
 pub use connect::{connect_decision_log, connect_log};
 pub use error::TxnError;
+
+/// The HTTP client saga steps and 2PC participants are called with unless the builder is
+/// given another: it does not follow redirects, so a participant cannot bounce a call (and
+/// the request body and idempotency key with it) to a host the caller never named. A 3xx
+/// answer is an answer: a failed step or a "no" vote.
+pub fn participant_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_default()
+}

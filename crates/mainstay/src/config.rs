@@ -47,6 +47,15 @@ pub(crate) struct GlobalArgs {
         value_delimiter = ','
     )]
     postgres_resources: Vec<String>,
+    /// Origins (`http://host:port`) saga steps and 2PC HTTP participants may call,
+    /// comma-separated. Default: any on a loopback listener, none on another address.
+    #[arg(
+        long = "allowed-participants",
+        global = true,
+        env = "MAINSTAY_ALLOWED_PARTICIPANTS",
+        value_delimiter = ','
+    )]
+    allowed_participants: Option<Vec<String>>,
     /// How long connecting (and reconnecting) to PostgreSQL, Redis, etcd or ZooKeeper is
     /// retried before it fails, e.g. `10s`. Default: 10s.
     #[arg(long, global = true, env = "MAINSTAY_CONNECT_TIMEOUT")]
@@ -61,11 +70,23 @@ struct File {
     #[serde(default)]
     lock: Option<BackendConfig>,
     #[serde(default)]
-    txn: Option<BackendConfig>,
+    txn: Option<TxnFile>,
     #[serde(default)]
     events: Option<BackendConfig>,
     #[serde(default)]
     postgres_resources: std::collections::BTreeMap<String, String>,
+}
+
+/// `[txn]`: where the saga and 2PC logs live, and which participants the server may call.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct TxnFile {
+    #[serde(default)]
+    backend: BackendKind,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    allowed_participants: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -87,6 +108,8 @@ pub(crate) struct Config {
     pub(crate) events: BackendConfig,
     pub(crate) node_id: Option<String>,
     pub(crate) postgres_resources: std::collections::BTreeMap<String, String>,
+    /// `None`: the default for the listen address.
+    pub(crate) allowed_participants: Option<Vec<String>>,
     pub(crate) listen: Option<String>,
     pub(crate) token: Option<String>,
 }
@@ -116,7 +139,15 @@ impl Config {
         if let Some(url) = &args.backend_url {
             backend.url = Some(url.clone());
         }
-        let mut txn = file.txn.unwrap_or_default();
+        let txn_file = file.txn.unwrap_or_default();
+        let allowed_participants = args
+            .allowed_participants
+            .clone()
+            .or(txn_file.allowed_participants);
+        let mut txn = BackendConfig {
+            backend: txn_file.backend,
+            url: txn_file.url,
+        };
         if let Some(kind) = args.txn_backend {
             if kind != txn.backend {
                 txn.url = None;
@@ -158,6 +189,7 @@ impl Config {
         }
         Ok(Config {
             txn,
+            allowed_participants,
             events,
             postgres_resources,
             node_id: args.node_id.clone().or(file.server.node_id),

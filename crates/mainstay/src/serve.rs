@@ -34,6 +34,9 @@ pub(crate) async fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitC
     mainstay_server::check_bind(&addr, token.as_deref()).map_err(anyhow::Error::msg)?;
     let locks = config.lock_client().await?;
     let log = config.saga_log().await?;
+    let targets =
+        mainstay_server::AllowedTargets::for_listen(&addr, config.allowed_participants.as_deref())
+            .map_err(anyhow::Error::msg)?;
     let mut sagas = mainstay_txn::saga::Orchestrator::builder_arc(log);
     if let Some(id) = &config.node_id {
         sagas = sagas.node_id(id);
@@ -76,7 +79,8 @@ pub(crate) async fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitC
             .and_then(|()| std::fs::rename(&tmp, path))
             .with_context(|| format!("cannot write the address file {}", path.display()))?;
     }
-    let state = mainstay_server::AppState::new(locks, sagas, txns, postgres, events, token);
+    let state = mainstay_server::AppState::new(locks, sagas, txns, postgres, events, token)
+        .with_allowed_targets(targets);
     mainstay_server::serve(listener, state, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -360,3 +360,166 @@ fn a_bad_connect_timeout_is_refused_by_name() {
         );
     }
 }
+
+/// Server-side request forgery: a server on a non-loopback address calls only the origins
+/// in its allow-list. A saga step or compensation, or a 2PC participant, naming anything
+/// else is refused with 403 naming the URL, and nothing is stored; an allowed origin is
+/// accepted; a redirect from an allowed participant is not followed.
+#[tokio::test]
+async fn a_public_server_calls_only_allowed_participants() {
+    use axum::http::{header, StatusCode};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    // `elsewhere` counts what reaches it; `allowed` redirects every call there.
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let elsewhere = axum::Router::new().fallback(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { "ok" }
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let elsewhere_url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, elsewhere).await });
+    let target = elsewhere_url.clone();
+    let allowed = axum::Router::new().fallback(move || {
+        let target = target.clone();
+        async move {
+            (
+                StatusCode::TEMPORARY_REDIRECT,
+                [(header::LOCATION, format!("{target}/stolen"))],
+            )
+        }
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let allowed_url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, allowed).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let def = |name: &str, action: &str, compensation: &str| {
+        serde_json::json!({"name": name, "steps": [{"name": "s",
+            "action": {"url": action}, "compensation": {"url": compensation}}]})
+    };
+    let metadata = "http://169.254.169.254/latest/meta-data/";
+
+    // 1. Public, no list: nothing may be called.
+    let (mut server, base) = crate::common::spawn_serve(
+        "mainstay serve (public, no allow-list)",
+        mainstay(dir.path())
+            .arg("serve")
+            .env("MAINSTAY_TOKEN", "tok")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        "0.0.0.0",
+    )
+    .await;
+    let r = client
+        .post(format!("{base}/v1/saga-definitions"))
+        .bearer_auth("tok")
+        .json(&def("steal", metadata, &format!("{allowed_url}/undo")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/problem+json",
+        "{r:?}"
+    );
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(p["type"], "urn:mainstay:problem:target-not-allowed");
+    assert_eq!(p["url"], metadata);
+    assert_eq!(p["field"], "steps[0].action.url");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("allowed_participants"),
+        "{p}"
+    );
+    let r = client
+        .get(format!("{base}/v1/saga-definitions/steal"))
+        .bearer_auth("tok")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "a refused definition must not be stored");
+    let r = client
+        .post(format!("{base}/v1/txns"))
+        .bearer_auth("tok")
+        .json(&serde_json::json!({"participants": [{"name": "a", "url": metadata}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(p["field"], "participants[0].url");
+    server.terminate(Duration::from_secs(5));
+
+    // 2. Public with a list: the listed origin is accepted, others (a compensation
+    //    included) are refused; a redirect from the listed origin is not followed.
+    let (mut server, base) = crate::common::spawn_serve(
+        "mainstay serve (public, allow-list)",
+        mainstay(dir.path())
+            .arg("serve")
+            .env("MAINSTAY_TOKEN", "tok")
+            .env("MAINSTAY_ALLOWED_PARTICIPANTS", &allowed_url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        "0.0.0.0",
+    )
+    .await;
+    let r = client
+        .post(format!("{base}/v1/saga-definitions"))
+        .bearer_auth("tok")
+        .json(&def(
+            "mixed",
+            &format!("{allowed_url}/do"),
+            &format!("{elsewhere_url}/undo"),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(p["field"], "steps[0].compensation.url");
+    let r = client
+        .post(format!("{base}/v1/saga-definitions"))
+        .bearer_auth("tok")
+        .json(&def(
+            "redirected",
+            &format!("{allowed_url}/do"),
+            &format!("{allowed_url}/undo"),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = client
+        .post(format!("{base}/v1/sagas"))
+        .bearer_auth("tok")
+        .json(&serde_json::json!({"definition": "redirected", "input": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let saga: serde_json::Value = r.json().await.unwrap();
+    let id = saga["id"].as_str().unwrap();
+    let done: serde_json::Value = client
+        .get(format!("{base}/v1/sagas/{id}?wait_ms=20000"))
+        .bearer_auth("tok")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(done["status"], "completed", "{done}");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "a redirect from an allowed participant reached another host"
+    );
+    server.terminate(Duration::from_secs(5));
+}

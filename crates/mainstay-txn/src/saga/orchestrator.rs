@@ -143,7 +143,7 @@ impl OrchestratorBuilder {
                 node_id: self.node_id,
                 lease: self.lease,
                 handlers: RwLock::new(self.handlers),
-                http: self.http.unwrap_or_default(),
+                http: self.http.unwrap_or_else(crate::participant_client),
                 events,
                 driving: Mutex::new(HashSet::new()),
                 definitions: Mutex::new(HashMap::new()),

@@ -77,7 +77,7 @@ impl CoordinatorBuilder {
 
     /// Builds; call [`Coordinator::start`] to recover and run the background loop.
     pub fn build(self) -> Coordinator {
-        let client = self.http.unwrap_or_default();
+        let client = self.http.unwrap_or_else(crate::participant_client);
         Coordinator {
             inner: Arc::new(Inner {
                 log: self.log,
