@@ -4,6 +4,7 @@
 # Building needs protoc (the etcd client generates its gRPC code); running needs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/prerequisites.sh
 missing=()
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)

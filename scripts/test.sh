@@ -4,6 +4,7 @@
 # tests, and the doc build with warnings as errors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+NEED_TOOLS=python3 . scripts/prerequisites.sh
 
 # 1. Debian packages the tests need, installed only when missing.
 missing=()
