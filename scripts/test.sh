@@ -16,6 +16,12 @@ command -v nats-server >/dev/null || missing+=(nats-server)
 command -v java >/dev/null || missing+=(default-jre-headless)
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
+# schemathesis (PyPI) fuzzes the HTTP API from its generated OpenAPI document.
+if ! command -v st >/dev/null || [ "$(st --version 2>/dev/null | awk '{print $NF}')" != "4.32.5" ]; then
+  echo "installing: schemathesis 4.32.5 (PyPI)"
+  python3 -m pip install -q --disable-pip-version-check "schemathesis==4.32.5" 2>&1 | grep -v "Running pip as the 'root' user" || true
+  command -v st >/dev/null || { echo "error: schemathesis installed but 'st' is not on PATH" >&2; exit 1; }
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
@@ -36,6 +42,9 @@ if cargo nextest --version >/dev/null 2>&1; then
   runner=(cargo nextest run --workspace --all-features --no-fail-fast --profile ci)
 fi
 "$target_dir/debug/mainstay-testkit" run -- "${runner[@]}"
+# The HTTP API against its own generated OpenAPI document (schemathesis, every check).
+cargo build -q -p mainstay
+./scripts/schemathesis.sh "$target_dir/debug/mainstay"
 cargo test -q --workspace --all-features --doc
 # The CQRS examples run end to end (they assert their results).
 cargo run -q -p mainstay-cqrs --example bank_account >/dev/null

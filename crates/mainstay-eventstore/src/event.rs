@@ -92,16 +92,16 @@ impl EventData {
 
     /// `at` names the event in an error (built only then).
     pub(crate) fn validate(&self, at: impl Fn() -> String) -> Result<(), StoreError> {
-        if self.id.is_empty() || self.id.len() > 256 {
+        if self.id.is_empty() || self.id.chars().count() > 256 {
             return Err(StoreError::invalid(
                 format!("{}.id", at()),
-                "event ids must be 1 to 256 bytes",
+                "event ids must be 1 to 256 characters",
             ));
         }
-        if self.event_type.is_empty() || self.event_type.len() > 256 {
+        if self.event_type.is_empty() || self.event_type.chars().count() > 256 {
             return Err(StoreError::invalid(
                 format!("{}.type", at()),
-                "event types must be 1 to 256 bytes",
+                "event types must be 1 to 256 characters",
             ));
         }
         let size = json_len(&self.data) + json_len(&self.metadata);
@@ -203,17 +203,63 @@ impl RecordedEvent {
     /// The event as the HTTP API and the CLI print it: the position as a
     /// `COMMIT/PREPARE` string (the form `after=` and `Last-Event-ID` take back).
     pub fn to_wire_json(&self) -> Value {
-        serde_json::json!({
-            "stream": self.stream,
-            "version": self.version,
-            "position": self.position.to_string(),
-            "id": self.id,
-            "type": self.event_type,
-            "data": self.data,
-            "metadata": self.metadata,
-            "created_at_ms": self.created_at_ms,
-        })
+        serde_json::to_value(self.to_wire()).unwrap_or_default()
     }
+
+    /// The wire form ([`WireEvent`]).
+    pub fn to_wire(&self) -> WireEvent<'_> {
+        WireEvent {
+            stream: &self.stream,
+            version: self.version,
+            position: self.position.to_string(),
+            id: &self.id,
+            event_type: &self.event_type,
+            data: &self.data,
+            metadata: &self.metadata,
+            created_at_ms: self.created_at_ms,
+        }
+    }
+}
+
+/// A recorded event as the HTTP API and the CLI write it: the position as a
+/// `COMMIT/PREPARE` string.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WireEvent<'a> {
+    /// The stream.
+    pub stream: &'a str,
+    /// Its version in the stream (0 for the first event).
+    pub version: u64,
+    /// Its position in `$all`, `COMMIT/PREPARE`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9]{1,19}/[0-9]{1,19}$"))]
+    pub position: String,
+    /// The event id.
+    pub id: &'a str,
+    /// The event type.
+    #[serde(rename = "type")]
+    pub event_type: &'a str,
+    /// The payload.
+    pub data: &'a Value,
+    /// The metadata.
+    pub metadata: &'a Value,
+    /// When it was appended (ms since the epoch).
+    pub created_at_ms: u64,
+}
+
+/// An append's result as the HTTP API and the CLI write it.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WireAppendResult<'a> {
+    /// The stream appended to.
+    pub stream: &'a str,
+    /// The stream's version after the append: the expected version of the next one.
+    pub next_expected_version: u64,
+    /// Position of the batch's first event, `COMMIT/PREPARE`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9]{1,19}/[0-9]{1,19}$"))]
+    pub first_position: String,
+    /// Position of the batch's last event.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9]{1,19}/[0-9]{1,19}$"))]
+    pub last_position: String,
 }
 
 /// What an append stored (or, for an idempotent retry, had stored).
@@ -231,12 +277,17 @@ impl AppendResult {
     /// The result of an append to `stream` as the HTTP API and the CLI print it
     /// (positions as `COMMIT/PREPARE` strings).
     pub fn to_wire_json(&self, stream: &str) -> Value {
-        serde_json::json!({
-            "stream": stream,
-            "next_expected_version": self.next_expected_version,
-            "first_position": self.first_position.to_string(),
-            "last_position": self.last_position.to_string(),
-        })
+        serde_json::to_value(self.to_wire(stream)).unwrap_or_default()
+    }
+
+    /// The wire form ([`WireAppendResult`]) for an append to `stream`.
+    pub fn to_wire<'a>(&self, stream: &'a str) -> WireAppendResult<'a> {
+        WireAppendResult {
+            stream,
+            next_expected_version: self.next_expected_version,
+            first_position: self.first_position.to_string(),
+            last_position: self.last_position.to_string(),
+        }
     }
 }
 
@@ -286,10 +337,10 @@ pub(crate) fn validate_appends(appends: &[crate::Append]) -> Result<(), StoreErr
 }
 
 pub(crate) fn check_stream(name: &str) -> Result<(), StoreError> {
-    if name.is_empty() || name.len() > 256 || name.starts_with('$') {
+    if name.is_empty() || name.chars().count() > 256 || name.starts_with('$') {
         return Err(StoreError::invalid(
             "stream",
-            format!("stream name {name:?} must be 1 to 256 bytes and not start with '$'"),
+            format!("stream name {name:?} must be 1 to 256 characters and not start with '$'"),
         ));
     }
     Ok(())

@@ -45,7 +45,7 @@ pub use connect::connect;
 pub use error::StoreError;
 pub use event::{
     AppendResult, Direction, EventData, ExpectedVersion, Position, ReadAllFilter, RecordedEvent,
-    MAX_EVENT_BYTES,
+    WireAppendResult, WireEvent, MAX_EVENT_BYTES,
 };
 pub use meta::{DeleteMode, Snapshot, StreamMetadata, CAUSATION_ID, CORRELATION_ID};
 pub use subscription::{subscribe, SubscribeOptions, Subscription, Wakeups};

@@ -14,12 +14,15 @@ pub const CAUSATION_ID: &str = "$causationId";
 /// from storage and from `$all`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StreamMetadata {
     /// Keep only the newest this many events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub max_count: Option<u64>,
     /// Keep only events younger than this (ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub max_age_ms: Option<u64>,
     /// Hide events with a lower version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -72,6 +75,7 @@ pub enum DeleteMode {
 
 /// The latest saved state of a stream's aggregate.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Snapshot {
     /// The stream.
     pub stream: String,

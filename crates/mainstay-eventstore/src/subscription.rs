@@ -214,12 +214,12 @@ impl Subscription {
     }
 }
 
-/// A durable subscription's name: 1 to 256 bytes.
+/// A durable subscription's name: 1 to 256 characters.
 pub(crate) fn check_name(name: &str) -> Result<(), StoreError> {
-    if name.is_empty() || name.len() > 256 {
+    if name.is_empty() || name.chars().count() > 256 {
         return Err(StoreError::invalid(
             "name",
-            format!("subscription name {name:?} must be 1 to 256 bytes"),
+            format!("subscription name {name:?} must be 1 to 256 characters"),
         ));
     }
     Ok(())

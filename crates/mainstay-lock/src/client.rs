@@ -181,10 +181,10 @@ impl LockClient {
             });
         }
         let owner = match &opts.owner {
-            Some(o) if o.len() > 256 || o.chars().any(char::is_control) => {
+            Some(o) if o.chars().count() > 256 || o.chars().any(char::is_control) => {
                 return Err(LockError::InvalidArgument {
                     field: "owner",
-                    reason: "must be at most 256 bytes without control characters".into(),
+                    reason: "must be at most 256 characters without control characters".into(),
                 })
             }
             Some(o) => o.clone(),

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 /// The current leader of an election.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Leader {
     /// Election name.
     pub name: String,

@@ -5,14 +5,14 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Longest accepted lock name, in bytes.
-pub const MAX_NAME_BYTES: usize = 256;
+/// Longest accepted lock name, in characters.
+pub const MAX_NAME_CHARS: usize = 256;
 /// Longest accepted lease ttl (24 hours): longer is a configuration mistake, not a lease.
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Longest accepted acquire wait (24 hours).
 pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 
-/// A validated lock name: 1–256 bytes, no `/`, no control characters.
+/// A validated lock name: 1–256 characters, no `/`, no control characters.
 ///
 /// Internal names (elections) live in a namespace users cannot reach: they contain `/`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -23,8 +23,8 @@ impl LockName {
     pub fn new(name: &str) -> Result<Self, LockError> {
         let reason = if name.is_empty() {
             Some("must not be empty")
-        } else if name.len() > MAX_NAME_BYTES {
-            Some("must be at most 256 bytes")
+        } else if name.chars().count() > MAX_NAME_CHARS {
+            Some("must be at most 256 characters")
         } else if name.contains('/') {
             Some("must not contain '/'")
         } else if name.chars().any(char::is_control) {
@@ -72,6 +72,7 @@ impl std::fmt::Display for LockName {
 /// `fencing_token` is strictly greater than every token issued before for this name; pass
 /// it to the protected resource with every write (see [`crate::fence`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Lease {
     /// The lock name.
     pub name: String,
@@ -130,6 +131,7 @@ impl Lease {
 
 /// Who holds a lock, as others may see it (never the lease id).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Holder {
     /// The holder's owner string.
     pub owner: String,

@@ -78,5 +78,5 @@ pub use connect::connect;
 pub use election::{Election, Leader, Leadership};
 pub use error::LockError;
 pub use keepalive::KeepAlive;
-pub use lease::{Holder, Lease, LockName, MAX_NAME_BYTES, MAX_TTL, MAX_WAIT};
+pub use lease::{Holder, Lease, LockName, MAX_NAME_CHARS, MAX_TTL, MAX_WAIT};
 pub use mainstay_core::config::{BackendConfig, BackendKind};

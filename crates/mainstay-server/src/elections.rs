@@ -11,36 +11,66 @@ use mainstay_lock::{Leader, Lease, LockError};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CampaignBody {
+    /// This candidate's name, shown as the leader.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"
+    )]
     candidate: String,
+    /// How long the term lasts unless renewed with keepalive.
+    #[schema(minimum = 1, maximum = 86_400_000)]
     ttl_ms: u64,
+    /// How long to wait while another candidate leads. Default: 0.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 86_400_000)]
     wait_ms: u64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct KeepaliveBody {
+    /// The term's lease id.
     lease_id: String,
+    /// The new ttl, from now.
+    #[schema(minimum = 1, maximum = 86_400_000)]
     ttl_ms: u64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ResignBody {
+    /// The term's lease id.
     lease_id: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ObserveQuery {
+    /// How often the leader is polled, in ms. Default: 250 (clamped to 10..=60000).
     #[serde(default)]
+    #[param(minimum = 0)]
     interval_ms: Option<u64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Resigned {
+    name: String,
+    resigned: bool,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct LeaderStatus {
+    name: String,
+    /// The current leader, or null.
+    leader: Option<Leader>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Term {
     name: String,
     candidate: String,
@@ -61,6 +91,11 @@ fn term(name: String, lease: Lease) -> Term {
     }
 }
 
+/// Campaign: become leader, waiting up to `wait_ms` while another candidate leads.
+#[utoipa::path(post, path = "/v1/elections/{name}/campaign", tag = "elections", params(crate::locks::NamePath),
+    request_body = CampaignBody,
+    responses((status = 200, description = "leader: the term, with its epoch (a fencing token)", body = Term),
+              (status = 409, description = "another candidate leads (named)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
 pub(crate) async fn campaign(
     State(s): State<AppState>,
     Name(name): Name,
@@ -75,12 +110,17 @@ pub(crate) async fn campaign(
             &name,
             &b.candidate,
             Duration::from_millis(b.ttl_ms),
-            Duration::from_millis(b.wait_ms),
+            Duration::from_millis(s.check_wait(b.wait_ms, u64::MAX)?),
         )
         .await?;
     Ok(Json(term(name, lease)))
 }
 
+/// Renew a term.
+#[utoipa::path(post, path = "/v1/elections/{name}/keepalive", tag = "elections", params(crate::locks::NamePath),
+    request_body = KeepaliveBody,
+    responses((status = 200, description = "the renewed term", body = Term),
+              (status = 409, description = "no longer the leader", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
 pub(crate) async fn keepalive(
     State(s): State<AppState>,
     Name(name): Name,
@@ -93,27 +133,40 @@ pub(crate) async fn keepalive(
     Ok(Json(term(name, lease)))
 }
 
+/// Step down.
+#[utoipa::path(post, path = "/v1/elections/{name}/resign", tag = "elections", params(crate::locks::NamePath),
+    request_body = ResignBody,
+    responses((status = 200, description = "resigned", body = Resigned),
+              (status = 409, description = "not the leader", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
 pub(crate) async fn resign(
     State(s): State<AppState>,
     Name(name): Name,
     Body(b): Body<ResignBody>,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<Resigned>, Problem> {
     if s.elections.resign(&name, &b.lease_id).await? {
-        Ok(Json(serde_json::json!({"name": name, "resigned": true})))
+        Ok(Json(Resigned {
+            name,
+            resigned: true,
+        }))
     } else {
         Err(LockError::NotHolder { name }.into())
     }
 }
 
+/// The current leader, if any.
+#[utoipa::path(get, path = "/v1/elections/{name}", tag = "elections", params(crate::locks::NamePath),
+    responses((status = 200, description = "the leader, or null", body = LeaderStatus)))]
 pub(crate) async fn leader(
     State(s): State<AppState>,
     Name(name): Name,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<LeaderStatus>, Problem> {
     let leader: Option<Leader> = s.elections.leader(&name).await?;
-    Ok(Json(serde_json::json!({"name": name, "leader": leader})))
+    Ok(Json(LeaderStatus { name, leader }))
 }
 
 /// Streams `leader` events: the current leader (or `null`) at once, then every change.
+#[utoipa::path(get, path = "/v1/elections/{name}/observe", tag = "elections", params(crate::locks::NamePath, ObserveQuery),
+    responses((status = 200, description = "Server-Sent Events: `leader` events with the leader (or null) now and on every change", content_type = "text/event-stream", body = String)))]
 pub(crate) async fn observe(
     State(s): State<AppState>,
     Name(name): Name,

@@ -16,44 +16,49 @@ use axum::Json;
 use futures::Stream;
 use mainstay_eventstore::{
     subscribe, DeleteMode, Direction, EventData, ExpectedVersion, Position, ReadAllFilter,
-    RecordedEvent, Snapshot, StreamMetadata, SubscribeOptions,
+    RecordedEvent, Snapshot, StreamMetadata, SubscribeOptions, WireAppendResult, WireEvent,
 };
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-/// Most events one read returns.
-const MAX_READ: usize = 10_000;
-
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AppendBody {
     #[serde(default)]
+    #[schema(value_type = Option<ExpectedVersionDoc>)]
     expected_version: Option<Value>,
+    #[schema(min_items = 1)]
     events: Vec<EventIn>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AppendManyBody {
+    #[schema(min_items = 1)]
     appends: Vec<StreamAppend>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct StreamAppend {
+    #[schema(min_length = 1, max_length = 256, pattern = "^[^$]")]
     stream: String,
     #[serde(default)]
+    #[schema(value_type = Option<ExpectedVersionDoc>)]
     expected_version: Option<Value>,
+    #[schema(min_items = 1)]
     events: Vec<EventIn>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EventIn {
     /// Give one to make retries idempotent; a fresh one is made when missing.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 256)]
     id: Option<String>,
     #[serde(rename = "type")]
+    #[schema(min_length = 1, max_length = 256)]
     event_type: String,
     #[serde(default)]
     data: Value,
@@ -61,54 +66,203 @@ pub(crate) struct EventIn {
     metadata: Value,
 }
 
-#[derive(Deserialize)]
+/// `"any"` (the default), `"no_stream"`, `"stream_exists"`, or the stream's current
+/// version: a number, or a number in a string — what [`expected_version`] parses.
+pub(crate) struct ExpectedVersionDoc;
+
+impl utoipa::PartialSchema for ExpectedVersionDoc {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .description(Some(
+                "\"any\" (default), \"no_stream\", \"stream_exists\", or the stream's current version (a number, or a number in a string)",
+            ))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["any", "no_stream", "stream_exists"])),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0))
+                    .maximum(Some(u64::MAX)),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some("^[0-9]{1,19}$")),
+            )
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ExpectedVersionDoc {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "ExpectedVersion".into()
+    }
+}
+
+/// The `{stream}` of a stream route.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Declared for the document.
+pub(crate) struct StreamPath {
+    /// 1 to 256 characters, not starting with `$`.
+    #[param(min_length = 1, max_length = 256, pattern = "^[^$]")]
+    stream: String,
+}
+
+/// The `{name}` of a durable subscription.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Declared for the document.
+pub(crate) struct SubscriptionPath {
+    #[param(min_length = 1, max_length = 256)]
+    name: String,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ReadQuery {
+    /// First version (default 0; backward: the end).
     #[serde(default)]
+    #[param(minimum = 0)]
     from: Option<u64>,
+    /// Default forward.
     #[serde(default)]
+    #[param(value_type = Option<DirectionDoc>)]
     direction: Option<String>,
+    /// At most this many (1 to 10000). Default: 100.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 10_000)]
     limit: Option<usize>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct AllQuery {
+    /// Start after this position (`COMMIT/PREPARE`). Default: the start.
     #[serde(default)]
+    #[param(pattern = "^[0-9]{1,19}/[0-9]{1,19}$")]
     after: Option<String>,
+    /// At most this many (1 to 10000). Default: 100.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 10_000)]
     limit: Option<usize>,
+    /// Only streams starting with this.
     #[serde(default)]
     stream_prefix: Option<String>,
-    /// Comma-separated.
+    /// Only these event types, comma-separated.
     #[serde(default)]
     event_types: Option<String>,
     /// Subscribe only: a durable subscription's name (start at its checkpoint).
     #[serde(default)]
+    #[param(min_length = 1, max_length = 256)]
     subscription: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// `$all` reads take every filter but `subscription`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Declared for the document.
+pub(crate) struct AllReadQuery {
+    /// Start after this position (`COMMIT/PREPARE`). Default: the start.
+    #[param(pattern = "^[0-9]{1,19}/[0-9]{1,19}$")]
+    after: Option<String>,
+    /// At most this many (1 to 10000). Default: 100.
+    #[param(minimum = 1, maximum = 10_000)]
+    limit: Option<usize>,
+    /// Only streams starting with this.
+    stream_prefix: Option<String>,
+    /// Only these event types, comma-separated.
+    event_types: Option<String>,
+}
+
+/// Reading direction.
+#[allow(dead_code)] // A schema only.
+#[derive(utoipa::ToSchema)]
+#[schema(as = Direction)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DirectionDoc {
+    Forward,
+    Backward,
+}
+
+/// How a stream is deleted.
+#[allow(dead_code)] // A schema only.
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DeleteModeDoc {
+    Soft,
+    Hard,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct DeleteQuery {
+    /// `soft` (default: reads 404 until an append revives the stream) or `hard`
+    /// (a tombstone: 410 for good).
     #[serde(default)]
+    #[param(value_type = Option<DeleteModeDoc>)]
     mode: Option<String>,
+    /// Default any.
     #[serde(default)]
+    #[param(value_type = Option<ExpectedVersionDoc>)]
     expected_version: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CheckpointBody {
+    /// `COMMIT/PREPARE`.
+    #[schema(pattern = "^[0-9]{1,19}/[0-9]{1,19}$")]
     position: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SnapshotBody {
+    /// The version of the last event folded into `data`.
     version: u64,
+    /// The aggregate's state (at most 1 MiB as JSON).
     data: Value,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct StreamRead<'a> {
+    stream: String,
+    events: Vec<WireEvent<'a>>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct AllRead<'a> {
+    events: Vec<WireEvent<'a>>,
+    /// Where to continue: `after=` this.
+    #[schema(pattern = "^[0-9]{1,19}/[0-9]{1,19}$")]
+    last_position: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct AppendManyResult<'a> {
+    results: Vec<WireAppendResult<'a>>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Checkpoint {
+    name: String,
+    /// `null` before the first save.
+    #[schema(pattern = "^[0-9]{1,19}/[0-9]{1,19}$")]
+    position: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Scavenged {
+    /// Events removed.
+    removed: u64,
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Problem> {
@@ -182,10 +336,14 @@ fn event_data(events: Vec<EventIn>) -> Vec<EventData> {
 
 /// Appends to several streams in one transaction: all or nothing. 200 with one result
 /// per append, in order; a refusal names the stream it concerns.
+#[utoipa::path(post, path = "/v1/streams", tag = "events", request_body = AppendManyBody,
+    responses((status = 200, description = "one result per append, in order", body = AppendManyResult),
+              (status = 409, description = "wrong expected version or idempotency conflict (names the stream)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+              (status = 410, description = "a stream is tombstoned", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
 pub(crate) async fn append_many(
     State(s): State<AppState>,
     Body(b): Body<AppendManyBody>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Response, Problem> {
     let mut appends = Vec::with_capacity(b.appends.len());
     let mut count = 0;
     for (i, a) in b.appends.into_iter().enumerate() {
@@ -201,18 +359,27 @@ pub(crate) async fn append_many(
     let streams: Vec<String> = appends.iter().map(|a| a.stream.clone()).collect();
     let results = s.events.append_many(appends).await?;
     s.metrics.events_appended(count);
-    Ok(Json(json!({
-        "results": streams.iter().zip(&results).map(|(st, r)| r.to_wire_json(st)).collect::<Vec<_>>(),
-    })))
+    Ok(Json(AppendManyResult {
+        results: streams
+            .iter()
+            .zip(&results)
+            .map(|(st, r)| r.to_wire(st))
+            .collect(),
+    })
+    .into_response())
 }
 
 /// Appends a batch atomically: 200 with the new version and positions (also for an
 /// idempotent retry of the same event ids).
+#[utoipa::path(post, path = "/v1/streams/{stream}", tag = "events", params(StreamPath), request_body = AppendBody,
+    responses((status = 200, description = "the new version and the batch's positions", body = WireAppendResult),
+              (status = 409, description = "wrong expected version (names expected and actual), or the ids are already stored elsewhere in the stream", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+              (status = 410, description = "the stream is tombstoned", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
 pub(crate) async fn append(
     State(s): State<AppState>,
     stream: Result<Path<String>, PathRejection>,
     Body(b): Body<AppendBody>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Response, Problem> {
     let stream = path(stream)?;
     let expected = expected_version(b.expected_version.as_ref())?;
     let count = b.events.len();
@@ -221,15 +388,19 @@ pub(crate) async fn append(
         .append(&stream, expected, event_data(b.events))
         .await?;
     s.metrics.events_appended(count);
-    Ok(Json(r.to_wire_json(&stream)))
+    Ok(Json(r.to_wire(&stream)).into_response())
 }
 
 /// Reads a stream forward (default, from version 0) or backward (default, from the end).
+#[utoipa::path(get, path = "/v1/streams/{stream}", tag = "events", params(StreamPath, ReadQuery),
+    responses((status = 200, description = "the events", body = StreamRead),
+              (status = 404, description = "no such stream (or soft-deleted)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+              (status = 410, description = "the stream is tombstoned", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
 pub(crate) async fn read(
     State(s): State<AppState>,
     stream: Result<Path<String>, PathRejection>,
     q: Result<Query<ReadQuery>, QueryRejection>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Response, Problem> {
     let stream = path(stream)?;
     let q = query(q)?;
     let direction = match q.direction.as_deref() {
@@ -242,26 +413,35 @@ pub(crate) async fn read(
             .with("field", "direction"))
         }
     };
+    if q.from.is_some_and(|f| f > i64::MAX as u64) {
+        return Err(Problem::invalid_field(
+            "from",
+            format!("from must be at most {}", i64::MAX),
+        ));
+    }
     let from = q.from.unwrap_or(match direction {
         Direction::Forward => 0,
         Direction::Backward => u64::MAX,
     });
-    let limit = q.limit.unwrap_or(100).clamp(1, MAX_READ);
+    let limit = crate::limit(q.limit)?;
     let events = s
         .events
         .read_stream(&stream, from, direction, limit)
         .await?;
-    Ok(Json(json!({
-        "stream": stream,
-        "events": events.iter().map(RecordedEvent::to_wire_json).collect::<Vec<_>>(),
-    })))
+    Ok(Json(StreamRead {
+        stream,
+        events: events.iter().map(RecordedEvent::to_wire).collect(),
+    })
+    .into_response())
 }
 
 /// `$all` after a position, optionally filtered; `last_position` is where to continue.
+#[utoipa::path(get, path = "/v1/all", tag = "events", params(AllReadQuery),
+    responses((status = 200, description = "events in position order (never skipping one that commits later)", body = AllRead)))]
 pub(crate) async fn read_all(
     State(s): State<AppState>,
     q: Result<Query<AllQuery>, QueryRejection>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Response, Problem> {
     let q = query(q)?;
     if q.subscription.is_some() {
         return Err(
@@ -273,19 +453,23 @@ pub(crate) async fn read_all(
         Some(a) => position(a, "after")?,
         None => Position::START,
     };
-    let limit = q.limit.unwrap_or(100).clamp(1, MAX_READ);
+    let limit = crate::limit(q.limit)?;
     let events = s.events.read_all(after, limit, &filter(&q)).await?;
     let last = events.last().map_or(after, |e| e.position);
-    Ok(Json(json!({
-        "events": events.iter().map(RecordedEvent::to_wire_json).collect::<Vec<_>>(),
-        "last_position": last.to_string(),
-    })))
+    Ok(Json(AllRead {
+        events: events.iter().map(RecordedEvent::to_wire).collect(),
+        last_position: last.to_string(),
+    })
+    .into_response())
 }
 
 /// Server-Sent Events over `$all`: catch-up then live, never skipping or repeating. Each
 /// event's SSE id is its position; a reconnecting client's `Last-Event-ID` resumes right
 /// after it. Without one, `after=` or a durable `subscription=`'s checkpoint (saved with
 /// `POST /v1/subscriptions/{name}/checkpoint`) says where to start.
+#[utoipa::path(get, path = "/v1/all/subscribe", tag = "events",
+    params(AllQuery, ("Last-Event-ID" = Option<String>, Header, nullable = false, description = "resume after this position (COMMIT/PREPARE)")),
+    responses((status = 200, description = "Server-Sent Events over $all: SSE id = position, event = type, data = the event", content_type = "text/event-stream", body = String)))]
 pub(crate) async fn subscribe_all(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -310,9 +494,9 @@ pub(crate) async fn subscribe_all(
     // A durable subscription's checkpoint applies only when the client names no position
     // (a reconnect carries Last-Event-ID, which is more recent than any saved checkpoint).
     if let Some(name) = &q.subscription {
-        if name.is_empty() || name.len() > 256 {
+        if name.is_empty() || name.chars().count() > 256 {
             return Err(
-                Problem::bad_request("subscription names are 1 to 256 bytes")
+                Problem::bad_request("subscription names are 1 to 256 characters")
                     .with("field", "subscription"),
             );
         }
@@ -340,29 +524,41 @@ pub(crate) async fn subscribe_all(
 }
 
 /// A durable subscription's checkpoint (`null` before the first save).
+#[utoipa::path(get, path = "/v1/subscriptions/{name}", tag = "events", params(SubscriptionPath),
+    responses((status = 200, description = "the checkpoint", body = Checkpoint)))]
 pub(crate) async fn checkpoint(
     State(s): State<AppState>,
     name: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<Checkpoint>, Problem> {
     let name = path(name)?;
     let at = s.events.load_checkpoint(&name).await?;
-    Ok(Json(
-        json!({ "name": name, "position": at.map(|p| p.to_string()) }),
-    ))
+    Ok(Json(Checkpoint {
+        name,
+        position: at.map(|p| p.to_string()),
+    }))
 }
 
 /// Saves a durable subscription's checkpoint.
+#[utoipa::path(post, path = "/v1/subscriptions/{name}/checkpoint", tag = "events", params(SubscriptionPath),
+    request_body = CheckpointBody,
+    responses((status = 200, description = "the saved checkpoint", body = Checkpoint)))]
 pub(crate) async fn save_checkpoint(
     State(s): State<AppState>,
     name: Result<Path<String>, PathRejection>,
     Body(b): Body<CheckpointBody>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<Checkpoint>, Problem> {
     let name = path(name)?;
     let at = position(&b.position, "position")?;
     s.events.save_checkpoint(&name, at).await?;
-    Ok(Json(json!({ "name": name, "position": at.to_string() })))
+    Ok(Json(Checkpoint {
+        name,
+        position: Some(at.to_string()),
+    }))
 }
 
+/// Stream metadata (retention, custom).
+#[utoipa::path(get, path = "/v1/streams/{stream}/metadata", tag = "events", params(StreamPath),
+    responses((status = 200, description = "the metadata", body = StreamMetadata)))]
 pub(crate) async fn metadata(
     State(s): State<AppState>,
     stream: Result<Path<String>, PathRejection>,
@@ -370,6 +566,12 @@ pub(crate) async fn metadata(
     Ok(Json(s.events.stream_metadata(&path(stream)?).await?))
 }
 
+/// Replace stream metadata: `max_count`, `max_age_ms` and `truncate_before` hide events
+/// from reads at once.
+#[utoipa::path(put, path = "/v1/streams/{stream}/metadata", tag = "events", params(StreamPath),
+    request_body = StreamMetadata,
+    responses((status = 200, description = "the metadata stored", body = StreamMetadata),
+              (status = 410, description = "the stream is tombstoned", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
 pub(crate) async fn set_metadata(
     State(s): State<AppState>,
     stream: Result<Path<String>, PathRejection>,
@@ -381,6 +583,9 @@ pub(crate) async fn set_metadata(
 }
 
 /// The latest snapshot of the stream's aggregate; 404 `snapshot-not-found` when none.
+#[utoipa::path(get, path = "/v1/streams/{stream}/snapshot", tag = "events", params(StreamPath),
+    responses((status = 200, description = "the snapshot", body = Snapshot),
+              (status = 404, description = "no snapshot saved", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
 pub(crate) async fn snapshot(
     State(s): State<AppState>,
     stream: Result<Path<String>, PathRejection>,
@@ -403,6 +608,10 @@ async fn stored_snapshot(s: &AppState, stream: String) -> Result<Json<Snapshot>,
 
 /// Saves `{version, data}` as the stream's snapshot unless a newer one is stored; answers
 /// with the snapshot stored afterwards (the caller sees whether theirs was kept).
+#[utoipa::path(put, path = "/v1/streams/{stream}/snapshot", tag = "events", params(StreamPath),
+    request_body = SnapshotBody,
+    responses((status = 200, description = "the snapshot stored afterwards", body = Snapshot),
+              (status = 404, description = "the stream was hard-deleted meanwhile", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
 pub(crate) async fn save_snapshot(
     State(s): State<AppState>,
     stream: Result<Path<String>, PathRejection>,
@@ -416,12 +625,21 @@ pub(crate) async fn save_snapshot(
 
 /// Removes the events retention and soft deletes hide (in batches; appends continue
 /// meanwhile): `{"removed": n}`.
-pub(crate) async fn scavenge(State(s): State<AppState>) -> Result<Json<Value>, Problem> {
+#[utoipa::path(post, path = "/v1/scavenge", tag = "events",
+    responses((status = 200, description = "how many events were removed", body = Scavenged)))]
+pub(crate) async fn scavenge(State(s): State<AppState>) -> Result<Json<Scavenged>, Problem> {
     let removed = s.events.scavenge().await?;
-    Ok(Json(json!({ "removed": removed })))
+    Ok(Json(Scavenged {
+        removed: removed as u64,
+    }))
 }
 
 /// `?mode=soft` (default) or `hard`, `&expected_version=` (default any): 204.
+#[utoipa::path(delete, path = "/v1/streams/{stream}", tag = "events", params(StreamPath, DeleteQuery),
+    responses((status = 204, description = "deleted"),
+              (status = 404, description = "no such stream", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+              (status = 409, description = "wrong expected version", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+              (status = 410, description = "already tombstoned", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
 pub(crate) async fn delete(
     State(s): State<AppState>,
     stream: Result<Path<String>, PathRejection>,

@@ -12,7 +12,7 @@
 //! [`mainstay_eventstore`]), `/healthz`, `/readyz`, `/metrics` (Prometheus text).
 //!
 //! Guarantees: bad input (malformed JSON, unknown fields, out-of-range values, names with
-//! `/` or over 256 bytes, bodies over 1 MiB) gets a 4xx problem and changes nothing; a
+//! `/` or over 256 characters, bodies over 1 MiB) gets a 4xx problem and changes nothing; a
 //! disconnected client's pending acquire is cancelled without leaking a queue entry.
 //! Auth: a bearer token, required on `/v1/*` when configured (health and metrics stay open);
 //! [`check_bind`] refuses a non-loopback address without one.
@@ -36,7 +36,7 @@ pub use problem::Problem;
 pub use targets::AllowedTargets;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::routing::{get, post};
+use axum::response::IntoResponse;
 use axum::{Json, Router};
 use mainstay_eventstore::EventStore;
 use mainstay_lock::{Election, LockClient};
@@ -46,6 +46,9 @@ use mainstay_txn::twopc::Coordinator;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -63,6 +66,7 @@ pub struct AppState {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) token: Option<Arc<str>>,
     pub(crate) targets: Arc<AllowedTargets>,
+    pub(crate) max_wait_ms: u64,
 }
 
 impl AppState {
@@ -94,6 +98,7 @@ impl AppState {
             metrics,
             token: token.map(Arc::from),
             targets: Arc::new(AllowedTargets::any()),
+            max_wait_ms: mainstay_lock::MAX_WAIT.as_millis() as u64,
         }
     }
 
@@ -102,6 +107,41 @@ impl AppState {
     pub fn with_allowed_targets(mut self, targets: AllowedTargets) -> Self {
         self.targets = Arc::new(targets);
         self
+    }
+
+    /// The longest `wait_ms` a request may ask for (lock acquire, campaign, waiting for
+    /// a saga; the saga wait is also capped at 5 minutes). Longer asks are refused with
+    /// 400, and the OpenAPI document states the bound. Default: 24 h.
+    pub fn with_max_wait(mut self, max_wait: std::time::Duration) -> Self {
+        self.max_wait_ms = max_wait.as_millis().min(u64::MAX as u128) as u64;
+        self
+    }
+
+    /// `wait_ms`, refused with 400 above `cap` (itself capped at this server's max wait).
+    pub(crate) fn check_wait(&self, wait_ms: u64, cap: u64) -> Result<u64, Problem> {
+        let max = cap.min(self.max_wait_ms);
+        if wait_ms > max {
+            // `wait`, as the lock client names the same bound (`ttl` likewise).
+            return Err(Problem::invalid_field(
+                "wait",
+                format!("wait_ms must be at most {max} (this server's max_wait)"),
+            ));
+        }
+        Ok(wait_ms)
+    }
+}
+
+/// Most items one list or read returns.
+pub(crate) const MAX_LIMIT: usize = 10_000;
+
+/// A `limit` query parameter: 1 to [`MAX_LIMIT`], default 100.
+pub(crate) fn limit(limit: Option<usize>) -> Result<usize, Problem> {
+    match limit.unwrap_or(100) {
+        n @ 1..=MAX_LIMIT => Ok(n),
+        n => Err(Problem::invalid_field(
+            "limit",
+            format!("limit must be 1 to {MAX_LIMIT}, got {n}"),
+        )),
     }
 }
 
@@ -115,69 +155,62 @@ pub fn check_bind(addr: &SocketAddr, token: Option<&str>) -> Result<(), String> 
     ))
 }
 
+/// The `/v1` API: every route with its OpenAPI operation.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(locks::status))
+        .routes(routes!(locks::acquire))
+        .routes(routes!(locks::extend))
+        .routes(routes!(locks::release))
+        .routes(routes!(elections::leader))
+        .routes(routes!(elections::campaign))
+        .routes(routes!(elections::keepalive))
+        .routes(routes!(elections::resign))
+        .routes(routes!(elections::observe))
+        .routes(routes!(sagas::definitions, sagas::register))
+        .routes(routes!(sagas::definition))
+        .routes(routes!(sagas::list, sagas::start))
+        .routes(routes!(sagas::get))
+        .routes(routes!(sagas::events))
+        .routes(routes!(sagas::retry))
+        .routes(routes!(sagas::abort))
+        .routes(routes!(txns::list, txns::run))
+        .routes(routes!(txns::get))
+        .routes(routes!(events::append_many))
+        .routes(routes!(events::read, events::append, events::delete))
+        .routes(routes!(events::metadata, events::set_metadata))
+        .routes(routes!(events::snapshot, events::save_snapshot))
+        .routes(routes!(events::scavenge))
+        .routes(routes!(events::read_all))
+        .routes(routes!(events::subscribe_all))
+        .routes(routes!(events::checkpoint))
+        .routes(routes!(events::save_checkpoint))
+}
+
+/// Routes outside `/v1` auth: health, readiness, metrics, the document itself.
+fn open() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics::render))
+        .routes(routes!(openapi_json))
+}
+
 /// The full router.
 pub fn router(state: AppState) -> Router {
-    let v1 = Router::new()
-        .route("/v1/locks/{name}", get(locks::status))
-        .route("/v1/locks/{name}/acquire", post(locks::acquire))
-        .route("/v1/locks/{name}/extend", post(locks::extend))
-        .route("/v1/locks/{name}/release", post(locks::release))
-        .route("/v1/elections/{name}", get(elections::leader))
-        .route("/v1/elections/{name}/campaign", post(elections::campaign))
-        .route("/v1/elections/{name}/keepalive", post(elections::keepalive))
-        .route("/v1/elections/{name}/resign", post(elections::resign))
-        .route("/v1/elections/{name}/observe", get(elections::observe))
-        .route(
-            "/v1/saga-definitions",
-            get(sagas::definitions).post(sagas::register),
-        )
-        .route("/v1/saga-definitions/{name}", get(sagas::definition))
-        .route("/v1/sagas", get(sagas::list).post(sagas::start))
-        .route("/v1/sagas/{id}", get(sagas::get))
-        .route("/v1/sagas/{id}/events", get(sagas::events))
-        .route("/v1/sagas/{id}/retry", post(sagas::retry))
-        .route("/v1/sagas/{id}/abort", post(sagas::abort))
-        .route("/v1/txns", get(txns::list).post(txns::run))
-        .route("/v1/txns/{id}", get(txns::get))
-        .route("/v1/streams", post(events::append_many))
-        .route(
-            "/v1/streams/{stream}",
-            get(events::read)
-                .post(events::append)
-                .delete(events::delete),
-        )
-        .route(
-            "/v1/streams/{stream}/metadata",
-            get(events::metadata).put(events::set_metadata),
-        )
-        .route(
-            "/v1/streams/{stream}/snapshot",
-            get(events::snapshot).put(events::save_snapshot),
-        )
-        .route("/v1/scavenge", post(events::scavenge))
-        .route("/v1/all", get(events::read_all))
-        .route("/v1/all/subscribe", get(events::subscribe_all))
-        .route("/v1/subscriptions/{name}", get(events::checkpoint))
-        .route(
-            "/v1/subscriptions/{name}/checkpoint",
-            post(events::save_checkpoint),
-        )
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ));
+    let (v1, mut doc) = api().split_for_parts();
+    let (open, open_doc) = open().split_for_parts();
+    doc.merge(open_doc);
+    openapi::finish(&mut doc, state.token.is_some(), state.max_wait_ms);
+    let document = Arc::new(doc.to_json().unwrap_or_else(|_| "{}".into()));
+    let v1 = v1.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_token,
+    ));
     Router::new()
         .merge(v1)
-        .route(
-            "/v1/openapi.json",
-            get(|| async { Json(openapi::document()) }),
-        )
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics::render))
+        .merge(open)
+        .layer(axum::Extension(OpenApiJson(document)))
         .fallback(|| async { Problem::not_found() })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .layer(axum::middleware::from_fn_with_state(
@@ -187,6 +220,41 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(refuse_oversized))
         .with_state(state)
+}
+
+/// The generated document, serialized once.
+#[derive(Clone)]
+struct OpenApiJson(Arc<String>);
+
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "meta",
+    responses((status = 200, description = "the OpenAPI 3.1 document", content_type = "application/json", body = Object)))]
+async fn openapi_json(
+    axum::Extension(OpenApiJson(doc)): axum::Extension<OpenApiJson>,
+) -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        doc.as_str().to_owned(),
+    )
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "alive", body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Health {
+    status: &'static str,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Ready {
+    status: &'static str,
+    /// The lock backend checked.
+    backend: &'static str,
 }
 
 /// Bodies up to this size are read and dropped before an oversized request is refused.
@@ -217,15 +285,20 @@ async fn refuse_oversized(
     }
 }
 
-async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, Problem> {
+/// Readiness: the lock backend answers.
+#[utoipa::path(get, path = "/readyz", tag = "meta",
+    responses((status = 200, description = "ready", body = Ready),
+              (status = 503, description = "the backend is unavailable", body = openapi::ProblemDoc, content_type = "application/problem+json")))]
+async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, Problem> {
     state
         .locks
         .holder("mainstay-readiness-probe")
         .await
         .map_err(Problem::from)?;
-    Ok(Json(
-        serde_json::json!({"status": "ready", "backend": state.locks.kind().as_str()}),
-    ))
+    Ok(Json(Ready {
+        status: "ready",
+        backend: state.locks.kind().as_str(),
+    }))
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` resolves.

@@ -122,6 +122,9 @@ pub(crate) async fn track(State(s): State<AppState>, req: Request, next: Next) -
     response
 }
 
+/// Prometheus metrics, text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 pub(crate) async fn render(State(s): State<AppState>) -> impl IntoResponse {
     let mut text = s.metrics.encode();
     let m = s.sagas.metrics();

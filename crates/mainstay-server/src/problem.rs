@@ -44,6 +44,11 @@ impl Problem {
         Problem::new(StatusCode::BAD_REQUEST, "invalid-request", title)
     }
 
+    /// A 400 naming `field`.
+    pub(crate) fn invalid_field(field: &str, title: impl Into<String>) -> Self {
+        Problem::bad_request(title).with("field", field)
+    }
+
     pub(crate) fn too_large() -> Self {
         Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,

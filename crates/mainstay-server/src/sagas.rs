@@ -19,33 +19,67 @@ use std::time::Duration;
 /// Longest `wait_ms` a request may ask for.
 const MAX_WAIT_MS: u64 = 300_000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct StartBody {
+    /// The registered definition to run.
     definition: String,
+    /// The saga's input, passed to every step.
     #[serde(default)]
     input: Value,
+    /// Starting again with the same key returns the saga it started.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 256)]
     idempotency_key: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
+    /// Only sagas with this status.
     #[serde(default)]
+    #[param(value_type = Option<SagaStatus>)]
     status: Option<String>,
+    /// At most this many (1 to 10000). Default: 100.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 10_000)]
     limit: Option<usize>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct GetQuery {
+    /// Wait up to this long (at most 5 minutes, and this server's max_wait) for a final
+    /// status.
     #[serde(default)]
+    #[param(minimum = 0, maximum = 300_000)]
     wait_ms: Option<u64>,
 }
 
-#[derive(Serialize)]
+/// The `{name}` of a saga definition.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Declared for the document.
+pub(crate) struct DefinitionPath {
+    name: String,
+}
+
+/// The `{id}` of a saga.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Declared for the document.
+pub(crate) struct SagaPath {
+    id: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct SagaList {
+    sagas: Vec<mainstay_txn::saga::SagaSummary>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct SagaWithHistory {
     #[serde(flatten)]
     saga: Saga,
@@ -61,6 +95,10 @@ fn path(p: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
     p.map(|Path(v)| v).map_err(Problem::from)
 }
 
+/// Register (or replace) a saga definition.
+#[utoipa::path(post, path = "/v1/saga-definitions", tag = "sagas", request_body = SagaDefinition,
+    responses((status = 201, description = "registered", body = SagaDefinition),
+              (status = 403, description = "a step or compensation URL this server may not call", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
 pub(crate) async fn register(
     State(s): State<AppState>,
     Body(def): Body<SagaDefinition>,
@@ -70,12 +108,19 @@ pub(crate) async fn register(
     Ok((StatusCode::CREATED, Json(def)).into_response())
 }
 
+/// Every registered definition.
+#[utoipa::path(get, path = "/v1/saga-definitions", tag = "sagas",
+    responses((status = 200, description = "the definitions", body = Vec<SagaDefinition>)))]
 pub(crate) async fn definitions(
     State(s): State<AppState>,
 ) -> Result<Json<Vec<SagaDefinition>>, Problem> {
     Ok(Json(s.sagas.definitions().await?))
 }
 
+/// One definition.
+#[utoipa::path(get, path = "/v1/saga-definitions/{name}", tag = "sagas", params(DefinitionPath),
+    responses((status = 200, description = "the definition", body = SagaDefinition),
+              (status = 404, description = "no such definition", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
 pub(crate) async fn definition(
     State(s): State<AppState>,
     name: Result<Path<String>, PathRejection>,
@@ -85,6 +130,12 @@ pub(crate) async fn definition(
 
 /// 201 with the new saga, or 200 with the existing one for a repeated idempotency key
 /// (body field or `Idempotency-Key` header).
+#[utoipa::path(post, path = "/v1/sagas", tag = "sagas", request_body = StartBody,
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, description = "the idempotency key, if not in the body")),
+    responses((status = 201, description = "started", body = Saga),
+              (status = 200, description = "the saga this idempotency key already started", body = Saga),
+              (status = 403, description = "the definition calls a URL this server may not call", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+              (status = 404, description = "no such definition", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
 pub(crate) async fn start(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -130,22 +181,28 @@ pub(crate) async fn start(
     Ok((status, Json(saga)).into_response())
 }
 
+/// Sagas, newest first.
+#[utoipa::path(get, path = "/v1/sagas", tag = "sagas", params(ListQuery),
+    responses((status = 200, description = "saga summaries", body = SagaList)))]
 pub(crate) async fn list(
     State(s): State<AppState>,
     q: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<SagaList>, Problem> {
     let q = query(q)?;
     let status = q
         .status
         .as_deref()
         .map(str::parse::<SagaStatus>)
         .transpose()?;
-    let sagas = s.sagas.list(status, q.limit.unwrap_or(100)).await?;
-    Ok(Json(serde_json::json!({ "sagas": sagas })))
+    let sagas = s.sagas.list(status, crate::limit(q.limit)?).await?;
+    Ok(Json(SagaList { sagas }))
 }
 
 /// The saga and its full history; with `wait_ms`, first waits (up to 5 minutes) for it to
 /// reach a final status.
+#[utoipa::path(get, path = "/v1/sagas/{id}", tag = "sagas", params(SagaPath, GetQuery),
+    responses((status = 200, description = "the saga with its history", body = SagaWithHistory),
+              (status = 404, description = "no such saga", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
 pub(crate) async fn get(
     State(s): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -153,18 +210,21 @@ pub(crate) async fn get(
 ) -> Result<Json<SagaWithHistory>, Problem> {
     let id = path(id)?;
     let q = query(q)?;
-    let saga = match q.wait_ms {
-        Some(ms) if ms > 0 => {
-            s.sagas
-                .wait(&id, Duration::from_millis(ms.min(MAX_WAIT_MS)))
-                .await?
-        }
-        _ => s.sagas.get(&id).await?,
+    let wait_ms = s.check_wait(q.wait_ms.unwrap_or(0), MAX_WAIT_MS)?;
+    let saga = if wait_ms > 0 {
+        s.sagas.wait(&id, Duration::from_millis(wait_ms)).await?
+    } else {
+        s.sagas.get(&id).await?
     };
     let history = s.sagas.history(&id, 0).await?;
     Ok(Json(SagaWithHistory { saga, history }))
 }
 
+/// Retry a saga parked as `compensation_failed`.
+#[utoipa::path(post, path = "/v1/sagas/{id}/retry", tag = "sagas", params(SagaPath),
+    responses((status = 200, description = "resumed", body = Saga),
+              (status = 404, description = "no such saga", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+              (status = 409, description = "the saga is not parked", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
 pub(crate) async fn retry(
     State(s): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -172,6 +232,11 @@ pub(crate) async fn retry(
     Ok(Json(s.sagas.retry(&path(id)?).await?))
 }
 
+/// Abort: a running saga compensates; a parked one becomes `aborted`.
+#[utoipa::path(post, path = "/v1/sagas/{id}/abort", tag = "sagas", params(SagaPath),
+    responses((status = 200, description = "aborting or aborted", body = Saga),
+              (status = 404, description = "no such saga", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+              (status = 409, description = "the saga already finished", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
 pub(crate) async fn abort(
     State(s): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -183,6 +248,10 @@ pub(crate) async fn abort(
 /// the entry with the saga's status), from the start or after `Last-Event-ID`, then live;
 /// the stream ends after the entry that makes the saga terminal (completed, failed,
 /// aborted; a parked saga's stream stays open for an operator's retry or abort).
+#[utoipa::path(get, path = "/v1/sagas/{id}/events", tag = "sagas",
+    params(SagaPath, ("Last-Event-ID" = Option<u64>, Header, nullable = false, description = "resume after this history seq")),
+    responses((status = 200, description = "Server-Sent Events: the saga's history entries, then live ones", content_type = "text/event-stream", body = String),
+              (status = 404, description = "no such saga", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
 pub(crate) async fn events(
     State(s): State<AppState>,
     headers: HeaderMap,

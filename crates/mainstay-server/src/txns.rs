@@ -16,32 +16,58 @@ use std::sync::Arc;
 /// Most participants in one transaction.
 const MAX_PARTICIPANTS: usize = 16;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TxnBody {
+    /// The branches: each an HTTP participant or a configured PostgreSQL resource.
+    #[schema(min_items = 1, max_items = 16)]
     participants: Vec<BranchSpec>,
 }
 
-#[derive(Deserialize)]
+/// An HTTP participant (`url`: serves `POST {url}/prepare|commit|abort`) or a configured
+/// PostgreSQL resource with the SQL to run in its branch.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BranchSpec {
+    /// Unique within the transaction.
+    #[schema(min_length = 1, max_length = 64)]
     name: String,
+    /// `http://` or `https://` base URL.
     #[serde(default)]
+    #[schema(pattern = "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^\\s]*)?$")]
     url: Option<String>,
+    /// A resource named in `[postgres_resources]`.
     #[serde(default)]
     postgres: Option<String>,
+    /// Statements for a PostgreSQL branch.
     #[serde(default)]
     sql: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
+    /// At most this many (1 to 10000). Default: 100.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 10_000)]
     limit: Option<usize>,
 }
 
-#[derive(Serialize)]
+/// The `{id}` of a transaction.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Declared for the document.
+pub(crate) struct TxnPath {
+    id: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct TxnList {
+    txns: Vec<TxView>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct TxView {
     #[serde(flatten)]
     record: TxRecord,
@@ -88,10 +114,13 @@ fn invalid(field: String, message: impl Into<String>) -> Problem {
 
 /// Runs the transaction to its decision; 200 with the outcome whether it committed or
 /// aborted (a "no" vote is an outcome, not an error).
+#[utoipa::path(post, path = "/v1/txns", tag = "transactions", request_body = TxnBody,
+    responses((status = 200, description = "the decision: commit, or abort with the reason", body = mainstay_txn::twopc::Outcome),
+              (status = 403, description = "a participant URL this server may not call", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
 pub(crate) async fn run(
     State(s): State<AppState>,
     Body(b): Body<TxnBody>,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<mainstay_txn::twopc::Outcome>, Problem> {
     if b.participants.is_empty() || b.participants.len() > MAX_PARTICIPANTS {
         return Err(invalid(
             "participants".into(),
@@ -185,27 +214,33 @@ pub(crate) async fn run(
         branches.push((r, participant));
     }
     let outcome = s.txns.run(&txid, branches).await?;
-    Ok(Json(serde_json::to_value(outcome).unwrap_or_default()))
+    Ok(Json(outcome))
 }
 
+/// Transactions, newest first.
+#[utoipa::path(get, path = "/v1/txns", tag = "transactions", params(ListQuery),
+    responses((status = 200, description = "transactions", body = TxnList)))]
 pub(crate) async fn list(
     State(s): State<AppState>,
     q: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<TxnList>, Problem> {
     let Query(q) =
         q.map_err(|e| Problem::bad_request(format!("invalid query: {}", e.body_text())))?;
     let txns: Vec<TxView> = s
         .txns
-        .list(q.limit.unwrap_or(100))
+        .list(crate::limit(q.limit)?)
         .await?
         .into_iter()
         .map(TxView::from)
         .collect();
-    Ok(Json(serde_json::json!({ "txns": txns })))
+    Ok(Json(TxnList { txns }))
 }
 
 /// One transaction, with its `decision` (null while preparing): what a restarted
 /// participant asks.
+#[utoipa::path(get, path = "/v1/txns/{id}", tag = "transactions", params(TxnPath),
+    responses((status = 200, description = "the transaction", body = TxView),
+              (status = 404, description = "no such transaction", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
 pub(crate) async fn get(
     State(s): State<AppState>,
     id: Result<Path<String>, PathRejection>,

@@ -6,7 +6,9 @@
 //! addresses (`MAINSTAY_TEST_REDIS_URL`, `MAINSTAY_TEST_POSTGRES_URL`, `MAINSTAY_TEST_ETCD`,
 //! `MAINSTAY_TEST_ZOOKEEPER`, `MAINSTAY_TEST_NATS_URL`) and runs the test command, so every test process shares one
 //! set; tests take a fresh database, key prefix or root each ([`unique`]). Without those
-//! variables, [`shared_redis`] and friends start a private server for the calling test.
+//! variables (plain `cargo test`), [`shared_redis`] and friends start one server on first
+//! use in the test process and share it with every later call there; a watchdog stops it
+//! when the process exits. A missing server binary fails naming its Debian package.
 //! Fault tests always start private servers so they can kill them.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]

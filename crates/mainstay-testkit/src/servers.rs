@@ -74,28 +74,46 @@ fn on_free_port<T>(mut spawn: impl FnMut(u16) -> anyhow::Result<T>) -> anyhow::R
     Err(last.expect("at least one try"))
 }
 
+/// Fails naming the Debian package to install when `path` (a program on `PATH`, or an
+/// absolute file) is missing — never a silent skip.
+fn require(path: &str, package: &str) -> anyhow::Result<()> {
+    let found = if path.starts_with('/') {
+        Path::new(path).exists()
+    } else {
+        std::env::var_os("PATH")
+            .is_some_and(|dirs| std::env::split_paths(&dirs).any(|d| d.join(path).is_file()))
+    };
+    anyhow::ensure!(
+        found,
+        "{path} not found: install the Debian package {package} (apt-get install {package}), or run ./scripts/test.sh, which installs every server the tests need"
+    );
+    Ok(())
+}
+
 fn quiet(cmd: &mut Command) -> &mut Command {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
 }
 
-/// A server or its address from the environment.
+/// The address of a server the test run (or this test process) shares.
 #[derive(Debug)]
-pub enum Shared<T> {
-    /// A server started for this test alone (stopped on drop).
-    Owned(T),
-    /// A server the test run shares, by address.
-    External(String),
+pub struct Shared<T> {
+    url: String,
+    kind: std::marker::PhantomData<fn() -> T>,
 }
 
-impl<T: HasUrl> Shared<T> {
+impl<T> Shared<T> {
+    fn at(url: String) -> Self {
+        Shared {
+            url,
+            kind: std::marker::PhantomData,
+        }
+    }
+
     /// The server's address.
     pub fn url(&self) -> String {
-        match self {
-            Shared::Owned(s) => s.url(),
-            Shared::External(u) => u.clone(),
-        }
+        self.url.clone()
     }
 }
 
@@ -105,13 +123,79 @@ pub trait HasUrl {
     fn url(&self) -> String;
 }
 
-fn shared<T>(var: &str, start: impl FnOnce() -> anyhow::Result<T>) -> Shared<T> {
-    match std::env::var(var) {
-        Ok(url) if !url.is_empty() => Shared::External(url),
-        _ => Shared::Owned(
-            start().unwrap_or_else(|e| panic!("cannot start a private server ({var} unset): {e}")),
-        ),
+/// Servers that can outlive the value that started them: the pid and directory a
+/// watchdog cleans up.
+pub(crate) trait Background {
+    /// The server's process id.
+    fn pid(&self) -> u32;
+    /// The directory its data lives in.
+    fn dir(&self) -> &Path;
+}
+
+/// The server named by `var`, or — when the variable is unset — one server started on first
+/// use and shared by every later call in this process (a `cargo test` binary runs all its
+/// tests in one process). It is stopped, and its directory removed, by a watchdog once
+/// this process exits.
+fn shared<T: HasUrl + Background + Send + 'static>(
+    var: &'static str,
+    start: impl FnOnce() -> anyhow::Result<T>,
+) -> Shared<T> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    if let Ok(url) = std::env::var(var) {
+        if !url.is_empty() {
+            return Shared::at(url);
+        }
     }
+    static STARTED: OnceLock<Mutex<HashMap<&'static str, String>>> = OnceLock::new();
+    let mut started = STARTED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(url) = started.get(var) {
+        return Shared::at(url.clone());
+    }
+    let server = start()
+        .unwrap_or_else(|e| panic!("cannot start a server for the tests ({var} unset): {e}"));
+    let url = server.url();
+    watch_for_exit(server.pid(), server.dir());
+    started.insert(var, url.clone());
+    // Kept for the life of the process; the watchdog stops it.
+    std::mem::forget(server);
+    Shared::at(url)
+}
+
+macro_rules! background {
+    ($($t:ty),*) => {$(
+        impl Background for $t {
+            fn pid(&self) -> u32 {
+                self.process.pid()
+            }
+            fn dir(&self) -> &Path {
+                self.dir.path()
+            }
+        }
+    )*};
+}
+background!(
+    RedisServer,
+    PostgresServer,
+    EtcdServer,
+    ZooKeeperServer,
+    NatsServer
+);
+
+/// Starts a shell that waits for this process to exit, then kills `pid` (and its process
+/// group) and removes `dir`.
+fn watch_for_exit(pid: u32, dir: &Path) {
+    let script = format!(
+        "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill -9 {pid} 2>/dev/null; sleep 0.2; rm -rf '{dir}'",
+        me = std::process::id(),
+        dir = dir.display()
+    );
+    let _ = quiet(Command::new("sh").args(["-c", &script]))
+        .process_group(0)
+        .spawn();
 }
 
 /// Redis from `MAINSTAY_TEST_REDIS_URL`, or a private one.
@@ -147,6 +231,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts on a free port and waits for `PING`.
     pub fn start() -> anyhow::Result<Self> {
+        require("redis-server", "redis-server")?;
         let dir = tempfile::Builder::new()
             .prefix("mainstay-redis")
             .tempdir()?;
@@ -207,14 +292,14 @@ impl HasUrl for RedisServer {
 // ---------------------------------------------------------------------------------------
 
 fn pg_bin() -> anyhow::Result<PathBuf> {
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dir| dir.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
     versions.sort();
     versions
         .pop()
         .map(|v| v.join("bin"))
-        .ok_or_else(|| anyhow::anyhow!("no PostgreSQL under /usr/lib/postgresql"))
+        .ok_or_else(|| anyhow::anyhow!("no PostgreSQL under /usr/lib/postgresql: install the Debian package postgresql (apt-get install postgresql), or run ./scripts/test.sh, which installs every server the tests need"))
 }
 
 fn postgres_ids() -> Option<(u32, u32)> {
@@ -426,6 +511,7 @@ pub struct EtcdServer {
 impl EtcdServer {
     /// Starts on free ports; waits for `/health`.
     pub fn start() -> anyhow::Result<Self> {
+        require("etcd", "etcd-server")?;
         let dir = tempfile::Builder::new().prefix("mainstay-etcd").tempdir()?;
         let (port, (peer_port, process)) = on_free_port(|port| {
             let peer_port = free_port();
@@ -509,6 +595,8 @@ pub struct ZooKeeperServer {
 impl ZooKeeperServer {
     /// Starts on a free port; waits for `ruok` → `imok`.
     pub fn start() -> anyhow::Result<Self> {
+        require("java", "default-jre-headless")?;
+        require("/usr/share/java/zookeeper.jar", "zookeeper")?;
         let dir = tempfile::Builder::new().prefix("mainstay-zk").tempdir()?;
         let (port, process) = on_free_port(|port| {
             let cfg = format!(
@@ -582,6 +670,7 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts on a free port and waits for the server's `INFO` greeting.
     pub fn start() -> anyhow::Result<Self> {
+        require("nats-server", "nats-server")?;
         let dir = tempfile::Builder::new().prefix("mainstay-nats").tempdir()?;
         let (port, process) = on_free_port(|port| Self::spawn(dir.path(), port))?;
         Ok(NatsServer { process, dir, port })

@@ -36,7 +36,7 @@ pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
-pub use definition::{Call, RetrySpec, SagaDefinition, StepDefinition, MAX_NAME_BYTES, MAX_STEPS};
+pub use definition::{Call, RetrySpec, SagaDefinition, StepDefinition, MAX_NAME_CHARS, MAX_STEPS};
 pub use orchestrator::{
     handler_fn, Orchestrator, OrchestratorBuilder, OrchestratorMetrics, StartOptions, StepContext,
     StepError, StepHandler,
@@ -50,6 +50,7 @@ use serde_json::Value;
 /// Where a saga is (the seed's `SagaStatus`, plus the parked and aborted ends).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum SagaStatus {
     /// Created; no step started yet.
     Pending,
@@ -140,6 +141,7 @@ impl std::str::FromStr for SagaStatus {
 /// Where one step is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum StepStatus {
     /// Not started.
     Pending,
@@ -159,6 +161,7 @@ pub enum StepStatus {
 
 /// The durable state of one step.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StepState {
     /// The step's name.
     pub name: String,
@@ -174,6 +177,7 @@ pub struct StepState {
 
 /// One saga instance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Saga {
     /// Unguessable id.
     pub id: String,
@@ -205,6 +209,7 @@ pub struct Saga {
 
 /// A saga without its definition and step outputs, for listings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SagaSummary {
     /// Its id.
     pub id: String,
@@ -235,6 +240,7 @@ impl From<&Saga> for SagaSummary {
 
 /// One transition in a saga's history.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HistoryEntry {
     /// 1-based position in the saga's history.
     pub seq: u64,

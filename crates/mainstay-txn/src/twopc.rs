@@ -50,6 +50,7 @@ pub enum Vote {
 /// The coordinator's decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Decision {
     /// Every participant voted to commit.
     Commit,
@@ -70,6 +71,7 @@ impl Decision {
 /// How to reach a participant again after a coordinator restart; stored in the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ParticipantRef {
     /// Unique within the transaction.
     pub name: String,
@@ -102,6 +104,7 @@ pub trait Participant: Send + Sync + 'static {
 
 /// How a transaction ended, as [`Coordinator::run`] reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Outcome {
     /// The transaction id.
     pub id: String,

@@ -97,6 +97,7 @@ struct ServerFile {
     data_dir: Option<PathBuf>,
     node_id: Option<String>,
     connect_timeout: Option<String>,
+    max_wait: Option<String>,
 }
 
 /// The merged configuration.
@@ -110,6 +111,8 @@ pub(crate) struct Config {
     pub(crate) postgres_resources: std::collections::BTreeMap<String, String>,
     /// `None`: the default for the listen address.
     pub(crate) allowed_participants: Option<Vec<String>>,
+    /// `[server] max_wait`.
+    pub(crate) max_wait: Option<String>,
     pub(crate) listen: Option<String>,
     pub(crate) token: Option<String>,
 }
@@ -199,6 +202,7 @@ impl Config {
                 .or(file.server.data_dir)
                 .unwrap_or_else(|| PathBuf::from("mainstay-data")),
             backend,
+            max_wait: file.server.max_wait,
             listen: file.server.listen,
             token: file.server.token,
         })

@@ -20,7 +20,7 @@ fn duration(s: &str) -> Result<Duration, String> {
 pub(crate) enum LockCommand {
     /// Acquire a lock and print the lease as JSON (release it with `lock release`).
     Acquire {
-        /// Lock name (at most 256 bytes, no '/').
+        /// Lock name (at most 256 characters, no '/').
         name: String,
         /// Lease ttl.
         #[arg(long, default_value = "30s", value_parser = duration)]

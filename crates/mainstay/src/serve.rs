@@ -17,6 +17,10 @@ pub(crate) struct ServeArgs {
     /// `--listen 127.0.0.1:0` the OS picks a free port and this tells you which.
     #[arg(long, env = "MAINSTAY_ADDR_FILE")]
     addr_file: Option<std::path::PathBuf>,
+    /// Longest wait a request may ask for (`wait_ms` of acquire, campaign, saga waits),
+    /// e.g. `30s`. Longer asks are refused with 400. Default: 24h.
+    #[arg(long, env = "MAINSTAY_MAX_WAIT")]
+    max_wait: Option<String>,
 }
 
 pub(crate) async fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -32,6 +36,11 @@ pub(crate) async fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitC
         .or(config.token.clone())
         .filter(|t| !t.is_empty());
     mainstay_server::check_bind(&addr, token.as_deref()).map_err(anyhow::Error::msg)?;
+    let max_wait = match args.max_wait.as_ref().or(config.max_wait.as_ref()) {
+        Some(text) => mainstay_core::duration::parse(text)
+            .map_err(|e| anyhow::anyhow!("invalid max wait: {e}"))?,
+        None => mainstay_lock::MAX_WAIT,
+    };
     let locks = config.lock_client().await?;
     let log = config.saga_log().await?;
     let targets =
@@ -80,7 +89,8 @@ pub(crate) async fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitC
             .with_context(|| format!("cannot write the address file {}", path.display()))?;
     }
     let state = mainstay_server::AppState::new(locks, sagas, txns, postgres, events, token)
-        .with_allowed_targets(targets);
+        .with_allowed_targets(targets)
+        .with_max_wait(max_wait);
     mainstay_server::serve(listener, state, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -166,7 +166,7 @@ async fn every_bad_input_gets_a_4xx_problem_and_the_server_keeps_serving() {
             None,
         ),
         (
-            "name over 256 bytes",
+            "name over 256 characters",
             format!("/v1/locks/{long_name}/acquire"),
             r#"{"ttl_ms": 1000}"#.into(),
             None,
@@ -195,6 +195,18 @@ async fn every_bad_input_gets_a_4xx_problem_and_the_server_keeps_serving() {
             "/v1/elections/e/campaign".into(),
             r#"{"candidate": "", "ttl_ms": 1000}"#.into(),
             Some("candidate"),
+        ),
+        (
+            "body an array, not an object",
+            "/v1/locks/a/acquire".into(),
+            r#"[1000]"#.into(),
+            None,
+        ),
+        (
+            "ttl with a fraction",
+            "/v1/locks/a/acquire".into(),
+            r#"{"ttl_ms": 1000.5}"#.into(),
+            None,
         ),
     ];
     for (what, path, body, field) in cases {
@@ -253,6 +265,28 @@ async fn every_bad_input_gets_a_4xx_problem_and_the_server_keeps_serving() {
     assert_eq!(status["held"], false);
     let (s, _, _) = post(&base, "/v1/locks/a/acquire", json!({"ttl_ms": 1000})).await;
     assert_eq!(s, StatusCode::OK);
+    // What JSON Schema calls valid is accepted: 1000.0 is the integer 1000, and names are
+    // limited in characters (200 two-byte characters are 400 bytes).
+    let (s, lease, _) = post(&base, "/v1/locks/f/acquire", json!({"ttl_ms": 1000.0})).await;
+    assert_eq!(s, StatusCode::OK, "{lease}");
+    assert_eq!(lease["ttl_ms"], 1000);
+    let wide = "é".repeat(200);
+    let (s, lease, _) = post(
+        &base,
+        &format!("/v1/locks/{wide}/acquire"),
+        json!({"ttl_ms": 1000}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{lease}");
+    // List limits outside 1..=10000 are refused, naming the field, not clamped.
+    for bad in ["0", "10001"] {
+        let r = reqwest::get(format!("{base}/v1/all?limit={bad}"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "limit={bad}");
+        let p: Value = r.json().await.unwrap();
+        assert_eq!(p["field"], "limit", "{p}");
+    }
     assert_eq!(
         reqwest::get(format!("{base}/healthz"))
             .await
@@ -290,7 +324,7 @@ async fn token_auth_guards_the_api_but_not_health_or_metrics() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    for open in ["/healthz", "/readyz", "/metrics"] {
+    for open in ["/healthz", "/readyz", "/metrics", "/v1/openapi.json"] {
         assert_eq!(
             client
                 .get(format!("{base}{open}"))
@@ -302,6 +336,21 @@ async fn token_auth_guards_the_api_but_not_health_or_metrics() {
             "{open}"
         );
     }
+    // The generated document requires the bearer scheme here, answers 401 on the API,
+    // and leaves health, readiness, metrics and itself open.
+    let doc: Value = reqwest::get(format!("{base}/v1/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["security"], json!([{"bearer": []}]));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert!(doc["paths"]["/v1/locks/{name}/acquire"]["post"]["responses"]["401"].is_object());
+    assert_eq!(doc["paths"]["/healthz"]["get"]["security"], json!([]));
 }
 
 #[tokio::test]
@@ -359,7 +408,19 @@ async fn metrics_and_openapi_describe_the_api() {
             "{path} missing from OpenAPI"
         );
     }
-    assert!(doc["components"]["schemas"]["AppendRequest"].is_object());
+    assert!(doc["components"]["schemas"]["AppendBody"].is_object());
+    // Without a token no operation asks for credentials (nor claims a 401).
+    assert!(doc.get("security").is_none(), "{}", doc["security"]);
+    let acquire = &doc["paths"]["/v1/locks/{name}/acquire"]["post"];
+    assert!(acquire["responses"]["401"].is_null());
+    for status in ["200", "400", "409", "413", "415", "503"] {
+        assert!(
+            acquire["responses"][status].is_object(),
+            "acquire lacks {status}"
+        );
+    }
+    // Every parameter is a parameter, not an Authorization header.
+    assert!(!doc.to_string().contains("\"Authorization\""));
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Longest accepted definition name.
-pub const MAX_NAME_BYTES: usize = 256;
+pub const MAX_NAME_CHARS: usize = 256;
 /// Most steps one saga may have.
 pub const MAX_STEPS: usize = 64;
 
@@ -19,22 +19,34 @@ pub const MAX_STEPS: usize = 64;
 /// Rust function registered with [`crate::saga::OrchestratorBuilder::handler`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SagaDefinition {
-    /// Unique name; at most 256 bytes, no `/`.
+    /// Unique name; at most 256 characters, no `/`.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 256, pattern = "^[^/]+$")
+    )]
     pub name: String,
     /// Steps, run forward in order and compensated in reverse.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 64))]
     pub steps: Vec<StepDefinition>,
     /// Saga-level deadline from start: past it, no further step starts and the saga
     /// compensates. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub deadline_ms: Option<u64>,
 }
 
 /// One step: an action, its compensation, and how each call is bounded and retried.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StepDefinition {
     /// Name, unique within the saga; appears in the context later steps receive.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 256, pattern = "^[^/]+$")
+    )]
     pub name: String,
     /// The forward call.
     pub action: Call,
@@ -43,6 +55,7 @@ pub struct StepDefinition {
     pub compensation: Option<Call>,
     /// Per-attempt timeout. Default: 30 s.
     #[serde(default = "default_timeout_ms")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 3_600_000))]
     pub timeout_ms: u64,
     /// How the action is retried on transient failures (5xx, timeouts, connection
     /// errors). Default: 3 attempts, 100 ms base, 10 s max, full jitter.
@@ -61,12 +74,17 @@ fn default_timeout_ms() -> u64 {
 /// A call: an HTTP request (`url`, `method`), or a registered Rust handler (`handler`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Call {
     /// HTTP method. Default: `POST`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
     /// `http://` or `https://` URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^\\s]*)?$")
+    )]
     pub url: Option<String>,
     /// Name of a handler registered in the orchestrator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,9 +120,11 @@ impl Call {
 /// "max_delay_ms": 10000}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RetrySpec {
     /// Calls in total, the first included. Default: 3.
     #[serde(default = "default_attempts")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub max_attempts: u32,
     /// First backoff delay. Default: 100 ms.
     #[serde(default = "default_base_ms")]
@@ -174,12 +194,12 @@ impl StepDefinition {
     }
 }
 
-/// Checks a name used in a URL path: non-empty, at most 256 bytes, no `/`.
+/// Checks a name used in a URL path: non-empty, at most 256 characters, no `/`.
 pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), TxnError> {
-    if name.is_empty() || name.len() > MAX_NAME_BYTES || name.contains('/') {
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS || name.contains('/') {
         return Err(TxnError::invalid(
             what,
-            format!("{what} {name:?} must be 1 to {MAX_NAME_BYTES} bytes without '/'"),
+            format!("{what} {name:?} must be 1 to {MAX_NAME_CHARS} characters without '/'"),
         ));
     }
     Ok(())
@@ -213,7 +233,10 @@ impl SagaDefinition {
         for (i, step) in self.steps.iter().enumerate() {
             let at = |field: &str| format!("steps[{i}].{field}");
             check_name("step name", &step.name).map_err(|_| {
-                TxnError::invalid_at(at("name"), "step names must be 1 to 256 bytes without '/'")
+                TxnError::invalid_at(
+                    at("name"),
+                    "step names must be 1 to 256 characters without '/'",
+                )
             })?;
             if self.steps[..i].iter().any(|s| s.name == step.name) {
                 return Err(TxnError::invalid_at(

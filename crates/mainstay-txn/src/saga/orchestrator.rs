@@ -337,10 +337,10 @@ impl Orchestrator {
         opts: StartOptions,
     ) -> Result<(Saga, bool), TxnError> {
         if let Some(key) = &opts.idempotency_key {
-            if key.is_empty() || key.len() > 256 {
+            if key.is_empty() || key.chars().count() > 256 {
                 return Err(TxnError::invalid(
                     "idempotency_key",
-                    "an idempotency key must be 1 to 256 bytes",
+                    "an idempotency key must be 1 to 256 characters",
                 ));
             }
         }

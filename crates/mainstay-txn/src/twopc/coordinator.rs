@@ -296,10 +296,10 @@ fn validate(branches: &[(ParticipantRef, Arc<dyn Participant>)]) -> Result<(), T
         ));
     }
     for (i, (r, _)) in branches.iter().enumerate() {
-        if r.name.is_empty() || r.name.len() > 64 {
+        if r.name.is_empty() || r.name.chars().count() > 64 {
             return Err(TxnError::invalid_at(
                 format!("participants[{i}].name"),
-                "participant names must be 1 to 64 bytes",
+                "participant names must be 1 to 64 characters",
             ));
         }
         if branches[..i].iter().any(|(o, _)| o.name == r.name) {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// Where a transaction is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TxState {
     /// Phase 1: no decision yet.
     Preparing,
@@ -23,6 +24,7 @@ pub enum TxState {
 
 /// One transaction in the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TxRecord {
     /// Unguessable id (also in PostgreSQL prepared-transaction GIDs).
     pub id: String,
