@@ -11,18 +11,13 @@ use mainstay_eventstore::{
     Direction, EventData, EventStore, ExpectedVersion, Position, ReadAllFilter, RecordedEvent,
 };
 use mainstay_testkit::shared_postgres;
+use mainstay_testkit::{per_store, StoreKind as Kind};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Sqlite,
-    Postgres,
-}
 
 /// A fresh store, and where it lives (a SQLite file path or a PostgreSQL URL).
 async fn store(kind: Kind) -> (Arc<dyn EventStore>, String, Box<dyn std::any::Any + Send>) {
@@ -40,21 +35,6 @@ async fn store(kind: Kind) -> (Arc<dyn EventStore>, String, Box<dyn std::any::An
             (Arc::new(s), url, Box::new(pg))
         }
     }
-}
-
-macro_rules! per_store {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(super::Kind::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(super::Kind::Postgres).await
-            }
-        }
-    };
 }
 
 // --- the write side ------------------------------------------------------------------

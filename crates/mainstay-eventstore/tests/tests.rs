@@ -7,14 +7,9 @@ use mainstay_eventstore::{
     ReadAllFilter, StoreError, StreamMetadata, SubscribeOptions,
 };
 use mainstay_testkit::shared_postgres;
+use mainstay_testkit::{per_store, StoreKind as Kind};
 use serde_json::json;
 use std::sync::Arc;
-
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Sqlite,
-    Postgres,
-}
 
 /// A fresh store: a SQLite file in a temp dir, or a fresh PostgreSQL database.
 async fn store(kind: Kind) -> (Arc<dyn EventStore>, Box<dyn std::any::Any + Send>) {
@@ -44,22 +39,6 @@ async fn store_batched(
             (Arc::new(s), Box::new((pg, url)))
         }
     }
-}
-
-/// `mod $name { sqlite, postgres }`, each calling `super::$name(kind)`.
-macro_rules! per_store {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(super::Kind::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(super::Kind::Postgres).await
-            }
-        }
-    };
 }
 
 /// Waits until `$all` shows at least `n` events. On PostgreSQL `$all` serves a committed

@@ -285,16 +285,35 @@ async fn refuse_oversized(
     }
 }
 
-/// Readiness: the lock backend answers.
+/// How long `/readyz` waits for the lock backend.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Readiness: the lock backend answers within 2 s.
 #[utoipa::path(get, path = "/readyz", tag = "meta",
     responses((status = 200, description = "ready", body = Ready),
               (status = 503, description = "the backend is unavailable", body = openapi::ProblemDoc, content_type = "application/problem+json")))]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, Problem> {
-    state
-        .locks
-        .holder("mainstay-readiness-probe")
-        .await
-        .map_err(Problem::from)?;
+    // A probe answers within its own bound (orchestrators time probes out in seconds),
+    // not after a reconnect's full connect deadline.
+    match tokio::time::timeout(
+        READY_TIMEOUT,
+        state.locks.holder("mainstay-readiness-probe"),
+    )
+    .await
+    {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(Problem::from(e)),
+        Err(_) => {
+            return Err(Problem::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "backend-unavailable",
+                format!(
+                    "the {} backend did not answer within {READY_TIMEOUT:?}",
+                    state.locks.kind().as_str()
+                ),
+            ))
+        }
+    }
     Ok(Json(Ready {
         status: "ready",
         backend: state.locks.kind().as_str(),

@@ -123,3 +123,30 @@ macro_rules! per_backend {
         }
     };
 }
+
+/// The two stores the event store, the saga and decision logs and the projections run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    /// An embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL (a fresh database on the shared server).
+    Postgres,
+}
+
+/// Generates a module `$name` with one multi-threaded `#[tokio::test]` per store, each
+/// calling `super::$name(StoreKind::…)`.
+#[macro_export]
+macro_rules! per_store {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::StoreKind::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::StoreKind::Postgres).await
+            }
+        }
+    };
+}

@@ -18,7 +18,7 @@ mod process;
 mod proxy;
 mod servers;
 
-pub use backends::FreshBackend;
+pub use backends::{FreshBackend, StoreKind};
 pub use mainstay_core::config::BackendKind;
 pub use process::Process;
 pub use proxy::{ProxyMode, TcpProxy};

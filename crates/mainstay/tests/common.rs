@@ -1,6 +1,8 @@
 //! Helpers: run the built `mainstay` binary; start an in-process server.
 
 use mainstay_lock::LockClient;
+use mainstay_testkit::{shared_postgres, StoreKind};
+use serde_json::Value;
 use std::process::Command;
 
 /// `mainstay` with a clean environment (no MAINSTAY_* from the caller) in `dir`.
@@ -15,21 +17,38 @@ pub fn mainstay(dir: &std::path::Path) -> Command {
     cmd
 }
 
-/// An in-process server on a free port over `locks` (sagas in a SQLite file beside the
-/// locks' temp dir, or in a private temp dir); returns its base URL.
+/// An in-process server on a free port over `locks`, with its sagas, transactions and
+/// events in SQLite files in a private temp dir; returns its base URL.
 pub async fn serve(locks: LockClient, token: Option<&str>) -> String {
+    serve_on(locks, token, StoreKind::Sqlite).await
+}
+
+/// [`serve`] with the saga log, the decision log and the event store on `store` (a fresh
+/// PostgreSQL database for [`StoreKind::Postgres`]).
+pub async fn serve_on(locks: LockClient, token: Option<&str>, store: StoreKind) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let log = mainstay_txn::saga::sqlite::SqliteSagaLog::open(dir.path().join("txn.db")).unwrap();
-    // The server task runs until the test's runtime ends; so does the log's directory.
-    let sagas = mainstay_txn::saga::Orchestrator::builder(log).build();
+    let config = match store {
+        StoreKind::Sqlite => mainstay_core::config::BackendConfig::default(),
+        StoreKind::Postgres => mainstay_core::config::BackendConfig {
+            backend: mainstay_core::config::BackendKind::Postgres,
+            url: Some(shared_postgres().database().await.unwrap()),
+        },
+    };
+    let log = mainstay_txn::connect_log(&config, dir.path())
+        .await
+        .unwrap();
+    let sagas = mainstay_txn::saga::Orchestrator::builder_arc(log).build();
     sagas.start().await.unwrap();
-    let dlog = mainstay_txn::twopc::SqliteDecisionLog::open(dir.path().join("txn.db")).unwrap();
-    let txns = mainstay_txn::twopc::Coordinator::builder(std::sync::Arc::new(dlog)).build();
-    let events = std::sync::Arc::new(
-        mainstay_eventstore::sqlite::SqliteEventStore::open(dir.path().join("events.db")).unwrap(),
-    );
+    let dlog = mainstay_txn::connect_decision_log(&config, dir.path())
+        .await
+        .unwrap();
+    let txns = mainstay_txn::twopc::Coordinator::builder(dlog).build();
+    let events = mainstay_eventstore::connect(&config, dir.path())
+        .await
+        .unwrap();
+    // The server task runs until the test's runtime ends; so does the logs' directory.
     tokio::spawn(async move {
         std::future::pending::<()>().await;
         drop(dir);
@@ -48,6 +67,44 @@ pub async fn serve(locks: LockClient, token: Option<&str>) -> String {
         std::future::pending(),
     ));
     format!("http://{addr}")
+}
+
+/// One HTTP request: (status, JSON body or null, content type).
+pub async fn call(
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> (u16, Value, String) {
+    let mut req = reqwest::Client::new().request(method, url);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let ctype = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+        ctype,
+    )
+}
+
+/// A lock client on `kind` at `url` (`--backend-url` form), as `mainstay` builds it.
+pub async fn lock_client(
+    kind: mainstay_lock::BackendKind,
+    url: &str,
+    dir: &std::path::Path,
+) -> LockClient {
+    let config = mainstay_lock::BackendConfig {
+        backend: kind,
+        url: Some(url.to_string()),
+    };
+    mainstay_lock::connect(&config, dir).await.unwrap()
 }
 
 /// A SQLite lock client in a fresh temp dir (kept alive by the returned guard).

@@ -1,8 +1,9 @@
 //! The event store over HTTP (`/v1/streams`, `/v1/all`, `/v1/subscriptions`) on an
 //! in-process server, and `mainstay events` from the shell.
 
-use crate::common::{mainstay, serve, sqlite_locks};
+use crate::common::{call, mainstay, serve_on, sqlite_locks};
 use futures::StreamExt;
+use mainstay_testkit::{per_store, StoreKind};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -56,26 +57,6 @@ impl Sse {
     }
 }
 
-async fn call(method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value, String) {
-    let mut req = reqwest::Client::new().request(method, url);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    let ctype = r
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let text = r.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::Null),
-        ctype,
-    )
-}
-
 async fn post(url: String, body: Value) -> (u16, Value) {
     let (s, v, _) = call(reqwest::Method::POST, url, Some(body)).await;
     (s, v)
@@ -95,10 +76,9 @@ fn versions(read: &Value) -> Vec<u64> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_over_http_append_read_metadata_and_delete() {
+async fn streams_over_http_append_read_metadata_and_delete(store: StoreKind) {
     let (locks, _dir) = sqlite_locks();
-    let base = serve(locks, None).await;
+    let base = serve_on(locks, None, store).await;
     let open = json!({
         "expected_version": "no_stream",
         "events": [
@@ -217,11 +197,11 @@ async fn streams_over_http_append_read_metadata_and_delete() {
     .await;
     assert_eq!(st, 410);
 }
+per_store!(streams_over_http_append_read_metadata_and_delete);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_event_input_is_a_4xx_problem_and_writes_nothing() {
+async fn bad_event_input_is_a_4xx_problem_and_writes_nothing(store: StoreKind) {
     let (locks, _dir) = sqlite_locks();
-    let base = serve(locks, None).await;
+    let base = serve_on(locks, None, store).await;
     let (st, _) = post(
         format!("{base}/v1/streams/s-1"),
         json!({"events": [{"id": "a", "type": "Created"}]}),
@@ -314,14 +294,14 @@ async fn bad_event_input_is_a_4xx_problem_and_writes_nothing() {
     let (_, m) = get(format!("{base}/v1/streams/s-1/metadata")).await;
     assert_eq!(m, json!({}));
 }
+per_store!(bad_event_input_is_a_4xx_problem_and_writes_nothing);
 
 /// Snapshots over HTTP: none is 404; a save answers with what is stored; an older one
 /// never replaces a newer one; bad bodies are 400 problems and store nothing. Scavenge
 /// over HTTP removes what retention hides, from `$all` too.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn snapshots_and_scavenge_over_http() {
+async fn snapshots_and_scavenge_over_http(store: StoreKind) {
     let (locks, _dir) = sqlite_locks();
-    let base = serve(locks, None).await;
+    let base = serve_on(locks, None, store).await;
     let url = format!("{base}/v1/streams/acc-9/snapshot");
     let put = |body: Value| call(reqwest::Method::PUT, url.clone(), Some(body));
     let (st, p) = get(url.clone()).await;
@@ -391,11 +371,11 @@ async fn snapshots_and_scavenge_over_http() {
     let (_, all) = get(format!("{base}/v1/all")).await;
     assert_eq!(versions(&all), vec![3, 4]);
 }
+per_store!(snapshots_and_scavenge_over_http);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sse_subscription_resumes_with_last_event_id_and_durable_checkpoints() {
+async fn sse_subscription_resumes_with_last_event_id_and_durable_checkpoints(store: StoreKind) {
     let (locks, _dir) = sqlite_locks();
-    let base = serve(locks, None).await;
+    let base = serve_on(locks, None, store).await;
     for i in 0..5 {
         post(
             format!("{base}/v1/streams/o-{}", i % 2),
@@ -465,6 +445,7 @@ async fn sse_subscription_resumes_with_last_event_id_and_durable_checkpoints() {
     .await;
     assert_eq!((st, p["field"].as_str()), (400, Some("position")));
 }
+per_store!(sse_subscription_resumes_with_last_event_id_and_durable_checkpoints);
 
 /// `mainstay events append|read|tail` on the embedded store, with bad input refused.
 #[test]
@@ -575,10 +556,9 @@ fn events_cli_appends_reads_and_tails() {
 }
 
 /// `POST /v1/streams`: several streams in one transaction — all or nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn multi_stream_append_over_http_is_all_or_nothing() {
+async fn multi_stream_append_over_http_is_all_or_nothing(store: StoreKind) {
     let (locks, _dir) = sqlite_locks();
-    let base = serve(locks, None).await;
+    let base = serve_on(locks, None, store).await;
     let (st, r) = post(
         format!("{base}/v1/streams"),
         json!({"appends": [
@@ -623,3 +603,4 @@ async fn multi_stream_append_over_http_is_all_or_nothing() {
     let (_, all) = get(format!("{base}/v1/all")).await;
     assert_eq!(all["events"].as_array().unwrap().len(), 3);
 }
+per_store!(multi_stream_append_over_http_is_all_or_nothing);

@@ -5,9 +5,9 @@
 //! the holder's last renewal, with a ttl (2 s) below the backend's default session or
 //! lease length (ZooKeeper's session is left at its 10 s default).
 
-use crate::common::mainstay;
+use crate::common::{lock_client, mainstay};
 use mainstay_lock::fence;
-use mainstay_lock::{AcquireOptions, BackendKind, LockClient};
+use mainstay_lock::{AcquireOptions, BackendKind};
 use mainstay_testkit::{per_backend, shared_postgres, shared_redis, unique, FreshBackend, Process};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -80,14 +80,6 @@ async fn start_holder(kind: BackendKind, url: &str, dir: &std::path::Path, name:
     }
 }
 
-async fn client(kind: BackendKind, url: &str, dir: &std::path::Path) -> LockClient {
-    let config = mainstay_lock::BackendConfig {
-        backend: kind,
-        url: Some(url.to_string()),
-    };
-    mainstay_lock::connect(&config, dir).await.unwrap()
-}
-
 /// Paused past its ttl, the holder loses the lock to a second holder with a higher token;
 /// the guards reject the first holder's token; resumed, `lock run` notices and exits 76.
 async fn paused_holder_is_fenced(kind: BackendKind) {
@@ -98,7 +90,7 @@ async fn paused_holder_is_fenced(kind: BackendKind) {
     holder.process.pause().unwrap();
     let paused_at = Instant::now();
 
-    let other = client(kind, &url, dir.path()).await;
+    let other = lock_client(kind, &url, dir.path()).await;
     let second = other
         .acquire(
             &name,
@@ -176,7 +168,7 @@ async fn crashed_holder_frees_lock(kind: BackendKind) {
     holder.process.kill();
     let killed_at = Instant::now();
     let _ = killpg(Pid::from_raw(holder.command_pid), Signal::SIGKILL);
-    let other = client(kind, &url, dir.path()).await;
+    let other = lock_client(kind, &url, dir.path()).await;
     let lease = other
         .acquire(
             &name,
@@ -210,7 +202,7 @@ async fn acquired_lease_ends_at_its_reported_expiry(kind: BackendKind) {
     let expires_at_ms = lease["expires_at_ms"].as_u64().unwrap();
     let token = lease["fencing_token"].as_u64().unwrap();
 
-    let other = client(kind, &url, dir.path()).await;
+    let other = lock_client(kind, &url, dir.path()).await;
     let next = other
         .acquire(
             &name,

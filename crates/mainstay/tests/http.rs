@@ -1,7 +1,12 @@
 //! The HTTP API: the happy path, every bad input, auth, elections over SSE.
 
-use crate::common::{serve, sqlite_locks};
+use crate::common::{lock_client, serve, sqlite_locks};
 use futures::StreamExt;
+use mainstay_lock::BackendKind;
+use mainstay_testkit::{
+    per_backend, unique, EtcdServer, FreshBackend, HasUrl, PostgresServer, RedisServer,
+    ZooKeeperServer,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -22,25 +27,37 @@ async fn post(base: &str, path: &str, body: Value) -> (StatusCode, Value, String
     (status, r.json().await.unwrap_or(Value::Null), ctype)
 }
 
-#[tokio::test]
-async fn acquire_extend_release_over_http() {
-    let (locks, _dir) = sqlite_locks();
-    let base = serve(locks, None).await;
+/// The lock contract over HTTP on every backend: grant with a token, 409 naming the
+/// holder, extend, owner-checked release, status, a higher token next; readiness and
+/// metrics name the backend.
+async fn acquire_extend_release_over_http(kind: BackendKind) {
+    let fresh = FreshBackend::new(kind).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let base = serve(lock_client(kind, &fresh.url(), dir.path()).await, None).await;
+    let name = unique("orders");
+    let lock = |verb: &str| format!("/v1/locks/{name}{verb}");
     let (s, lease, _) = post(
         &base,
-        "/v1/locks/orders/acquire",
+        &lock("/acquire"),
         json!({"ttl_ms": 30000, "owner": "billing"}),
     )
     .await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(lease["name"], "orders");
-    assert_eq!(lease["ttl_ms"], 30000);
+    assert_eq!(lease["name"], name.as_str());
+    // The granted ttl, as each backend documents it: Redlock subtracts its clock-drift
+    // allowance, ZooKeeper caps a lease at its session timeout (10 s by default).
+    let granted = lease["ttl_ms"].as_u64().unwrap();
+    match kind {
+        BackendKind::Redlock => assert!((29_000..30_000).contains(&granted), "{granted}"),
+        BackendKind::Zookeeper => assert_eq!(granted, 10_000),
+        _ => assert_eq!(granted, 30_000, "{kind:?}"),
+    }
     let token = lease["fencing_token"].as_u64().unwrap();
     let id = lease["lease_id"].as_str().unwrap().to_string();
 
     let (s, busy, ctype) = post(
         &base,
-        "/v1/locks/orders/acquire",
+        &lock("/acquire"),
         json!({"ttl_ms": 1000, "wait_ms": 50}),
     )
     .await;
@@ -48,11 +65,31 @@ async fn acquire_extend_release_over_http() {
     assert_eq!(ctype, "application/problem+json");
     assert_eq!(busy["type"], "urn:mainstay:problem:lock-busy");
     assert_eq!(busy["holder"], "billing");
-    assert_eq!(busy["expires_at_ms"], lease["expires_at_ms"]);
+    // The holder's expiry as others see it: exact where the backend stores it (SQLite,
+    // PostgreSQL, ZooKeeper's mtime + ttl); estimated from the remaining ttl on Redis and
+    // Redlock (never before what the holder was told: its lease is the conservative one);
+    // whole seconds on etcd.
+    let (seen, granted_until) = (
+        busy["expires_at_ms"].as_u64().unwrap(),
+        lease["expires_at_ms"].as_u64().unwrap(),
+    );
+    match kind {
+        BackendKind::Etcd => {
+            assert!(
+                seen.abs_diff(granted_until) <= 1_000,
+                "{seen} vs {granted_until}"
+            )
+        }
+        BackendKind::Redis | BackendKind::Redlock => assert!(
+            seen + 5 >= granted_until && seen <= granted_until + 1_000,
+            "{kind:?}: {seen} vs {granted_until}"
+        ),
+        _ => assert_eq!(seen, granted_until, "{kind:?}"),
+    }
 
     let (s, ext, _) = post(
         &base,
-        "/v1/locks/orders/extend",
+        &lock("/extend"),
         json!({"lease_id": id, "ttl_ms": 60000}),
     )
     .await;
@@ -60,7 +97,7 @@ async fn acquire_extend_release_over_http() {
     assert_eq!(ext["fencing_token"].as_u64(), Some(token));
     let (s, p, _) = post(
         &base,
-        "/v1/locks/orders/release",
+        &lock("/release"),
         json!({"lease_id": "0".repeat(32)}),
     )
     .await;
@@ -71,27 +108,133 @@ async fn acquire_extend_release_over_http() {
             Some("urn:mainstay:problem:not-lock-holder")
         )
     );
-    let status: Value = reqwest::get(format!("{base}/v1/locks/orders"))
+    let status: Value = reqwest::get(format!("{base}{}", lock("")))
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(status["held"], true);
-    let (s, _, _) = post(&base, "/v1/locks/orders/release", json!({"lease_id": id})).await;
+    let (s, _, _) = post(&base, &lock("/release"), json!({"lease_id": id})).await;
     assert_eq!(s, StatusCode::OK);
-    let status: Value = reqwest::get(format!("{base}/v1/locks/orders"))
+    let status: Value = reqwest::get(format!("{base}{}", lock("")))
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    assert_eq!(
-        status,
-        json!({"name": "orders", "held": false, "holder": null})
-    );
-    let (_, next, _) = post(&base, "/v1/locks/orders/acquire", json!({"ttl_ms": 1000})).await;
+    assert_eq!(status, json!({"name": name, "held": false, "holder": null}));
+    let (_, next, _) = post(&base, &lock("/acquire"), json!({"ttl_ms": 1000})).await;
     assert!(next["fencing_token"].as_u64().unwrap() > token);
+    let ready: Value = reqwest::get(format!("{base}/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready, json!({"status": "ready", "backend": kind.as_str()}));
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for outcome in ["granted", "busy"] {
+        let line = format!(
+            "mainstay_lock_acquires_total{{backend=\"{}\",outcome=\"{outcome}\"}}",
+            kind.as_str()
+        );
+        assert!(metrics.contains(&line), "{kind:?}: no {line} in\n{metrics}");
+    }
+}
+per_backend!(acquire_extend_release_over_http);
+
+/// `/readyz` is 503 while the backend is down (its process killed) and 200 again once it
+/// is back — within the probe's own 2 s bound, not the 10 s connect deadline.
+async fn readiness_follows_the_backend(kind: BackendKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server: Box<dyn Killable> = match kind {
+        BackendKind::Postgres => Box::new(PostgresServer::start().unwrap()),
+        BackendKind::Redis => Box::new(RedisServer::start().unwrap()),
+        BackendKind::Etcd => Box::new(EtcdServer::start().unwrap()),
+        BackendKind::Zookeeper => Box::new(ZooKeeperServer::start().unwrap()),
+        other => panic!("{other:?} has no server to kill"),
+    };
+    let url = server.url();
+    let base = serve(lock_client(kind, &url, dir.path()).await, None).await;
+    let ready = || async {
+        let r = reqwest::get(format!("{base}/readyz")).await.unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        (status, body)
+    };
+    assert_eq!(ready().await.0, StatusCode::OK, "{kind:?} before the kill");
+    server.kill_it();
+    mainstay_testkit::eventually(Duration::from_secs(30), "readyz to go unready", || async {
+        let started = std::time::Instant::now();
+        let (status, body) = ready().await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{kind:?}: readyz took {:?}",
+            started.elapsed()
+        );
+        status == StatusCode::SERVICE_UNAVAILABLE
+            && body["type"] == "urn:mainstay:problem:backend-unavailable"
+    })
+    .await
+    .unwrap();
+    server.restart_it();
+    mainstay_testkit::eventually(
+        Duration::from_secs(60),
+        "readyz to be ready again",
+        || async { ready().await.0 == StatusCode::OK },
+    )
+    .await
+    .unwrap();
+}
+
+/// A private server the readiness test kills and restarts on the same data.
+trait Killable {
+    fn url(&self) -> String;
+    fn kill_it(&mut self);
+    fn restart_it(&mut self);
+}
+
+macro_rules! killable {
+    ($($t:ty),*) => {$(
+        impl Killable for $t {
+            fn url(&self) -> String {
+                HasUrl::url(self)
+            }
+            fn kill_it(&mut self) {
+                self.process().kill();
+            }
+            fn restart_it(&mut self) {
+                self.restart().unwrap();
+            }
+        }
+    )*};
+}
+killable!(PostgresServer, RedisServer, EtcdServer, ZooKeeperServer);
+
+mod readiness_follows_the_backend {
+    use mainstay_testkit::BackendKind;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::readiness_follows_the_backend(BackendKind::Postgres).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis() {
+        super::readiness_follows_the_backend(BackendKind::Redis).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn etcd() {
+        super::readiness_follows_the_backend(BackendKind::Etcd).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn zookeeper() {
+        super::readiness_follows_the_backend(BackendKind::Zookeeper).await
+    }
 }
 
 #[tokio::test]
@@ -423,11 +566,14 @@ async fn metrics_and_openapi_describe_the_api() {
     assert!(!doc.to_string().contains("\"Authorization\""));
 }
 
-#[tokio::test]
-async fn election_over_http_with_sse_observe() {
-    let (locks, _dir) = sqlite_locks();
-    let base = serve(locks, None).await;
-    let r = reqwest::get(format!("{base}/v1/elections/db/observe?interval_ms=20"))
+/// Elections over HTTP on every backend: campaign, a higher epoch for the next leader,
+/// and the SSE observer following the change.
+async fn election_over_http_with_sse_observe(kind: BackendKind) {
+    let fresh = FreshBackend::new(kind).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let base = serve(lock_client(kind, &fresh.url(), dir.path()).await, None).await;
+    let db = unique("db");
+    let r = reqwest::get(format!("{base}/v1/elections/{db}/observe?interval_ms=20"))
         .await
         .unwrap();
     assert_eq!(r.headers()["content-type"], "text/event-stream");
@@ -461,7 +607,7 @@ async fn election_over_http_with_sse_observe() {
     assert_eq!(next_leader(&mut events, &mut buf).await, Value::Null);
     let (s, a, _) = post(
         &base,
-        "/v1/elections/db/campaign",
+        &format!("/v1/elections/{db}/campaign"),
         json!({"candidate": "a", "ttl_ms": 10000}),
     )
     .await;
@@ -473,7 +619,7 @@ async fn election_over_http_with_sse_observe() {
     );
     let (s, busy, _) = post(
         &base,
-        "/v1/elections/db/campaign",
+        &format!("/v1/elections/{db}/campaign"),
         json!({"candidate": "b", "ttl_ms": 10000, "wait_ms": 50}),
     )
     .await;
@@ -483,21 +629,21 @@ async fn election_over_http_with_sse_observe() {
     );
     let (s, _, _) = post(
         &base,
-        "/v1/elections/db/keepalive",
+        &format!("/v1/elections/{db}/keepalive"),
         json!({"lease_id": a["lease_id"], "ttl_ms": 10000}),
     )
     .await;
     assert_eq!(s, StatusCode::OK);
     let (s, _, _) = post(
         &base,
-        "/v1/elections/db/resign",
+        &format!("/v1/elections/{db}/resign"),
         json!({"lease_id": a["lease_id"]}),
     )
     .await;
     assert_eq!(s, StatusCode::OK);
     let (s, b, _) = post(
         &base,
-        "/v1/elections/db/campaign",
+        &format!("/v1/elections/{db}/campaign"),
         json!({"candidate": "b", "ttl_ms": 10000}),
     )
     .await;
@@ -514,7 +660,7 @@ async fn election_over_http_with_sse_observe() {
     })
     .await
     .expect("the observe stream never showed b leading");
-    let leader: Value = reqwest::get(format!("{base}/v1/elections/db"))
+    let leader: Value = reqwest::get(format!("{base}/v1/elections/{db}"))
         .await
         .unwrap()
         .json()
@@ -522,3 +668,4 @@ async fn election_over_http_with_sse_observe() {
         .unwrap();
     assert_eq!(leader["leader"]["candidate"], "b");
 }
+per_backend!(election_over_http_with_sse_observe);

@@ -2,10 +2,11 @@
 //! status, SSE transitions, operator retry and abort, bad input; and the `mainstay saga`
 //! CLI on the same log.
 
-use crate::common::{mainstay, spawn_serve};
+use crate::common::{call, mainstay, spawn_serve};
 use crate::participant::Participant;
 use futures::StreamExt;
 use mainstay_testkit::Process;
+use mainstay_testkit::{per_store, shared_postgres, StoreKind};
 use serde_json::{json, Value};
 use std::process::Stdio;
 use std::time::Duration;
@@ -14,13 +15,27 @@ struct Server {
     _process: Process,
     base: String,
     dir: tempfile::TempDir,
+    /// The flags that point `mainstay` at this server's saga log.
+    store_args: Vec<String>,
 }
 
-async fn server() -> Server {
+/// `mainstay serve` with its saga log on `store` (a fresh PostgreSQL database, or the
+/// embedded default).
+async fn server(store: StoreKind) -> Server {
     let dir = tempfile::tempdir().unwrap();
+    let store_args = match store {
+        StoreKind::Sqlite => Vec::new(),
+        StoreKind::Postgres => vec![
+            "--txn-backend".to_string(),
+            "postgres".to_string(),
+            "--txn-url".to_string(),
+            shared_postgres().database().await.unwrap(),
+        ],
+    };
     let (process, base) = spawn_serve(
         "mainstay serve",
         mainstay(dir.path())
+            .args(&store_args)
             .arg("serve")
             .env("MAINSTAY_LOG", "warn")
             .stdout(Stdio::null())
@@ -32,39 +47,23 @@ async fn server() -> Server {
         _process: process,
         base,
         dir,
+        store_args,
     }
 }
 
-async fn send(method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value, String) {
-    let mut req = reqwest::Client::new().request(method, url);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    let ctype = r
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let v = r.json().await.unwrap_or(Value::Null);
-    (status, v, ctype)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_saga_lifecycle_history_sse_and_idempotent_start() {
+async fn http_saga_lifecycle_history_sse_and_idempotent_start(store: StoreKind) {
     let p = Participant::default();
     let pbase = p.start().await;
-    let s = server().await;
+    let s = server(store).await;
     let def = Participant::definition(&pbase, "order", 3);
-    let (st, _, _) = send(
+    let (st, _, _) = call(
         reqwest::Method::POST,
         format!("{}/v1/saga-definitions", s.base),
         Some(def.clone()),
     )
     .await;
     assert_eq!(st, 201);
-    let (st, got, _) = send(
+    let (st, got, _) = call(
         reqwest::Method::GET,
         format!("{}/v1/saga-definitions/order", s.base),
         None,
@@ -90,7 +89,7 @@ async fn http_saga_lifecycle_history_sse_and_idempotent_start() {
     let id = first["id"].as_str().unwrap().to_string();
     assert_eq!(second["id"], first["id"]);
 
-    let (_, done, _) = send(
+    let (_, done, _) = call(
         reqwest::Method::GET,
         format!("{}/v1/sagas/{id}?wait_ms=20000", s.base),
         None,
@@ -132,14 +131,14 @@ async fn http_saga_lifecycle_history_sse_and_idempotent_start() {
     assert_eq!(ids, expected, "{body}");
     assert!(body.contains("event: saga_completed"), "{body}");
 
-    let (_, list, _) = send(
+    let (_, list, _) = call(
         reqwest::Method::GET,
         format!("{}/v1/sagas?status=completed", s.base),
         None,
     )
     .await;
     assert_eq!(list["sagas"].as_array().unwrap().len(), 1);
-    let (_, list, _) = send(
+    let (_, list, _) = call(
         reqwest::Method::GET,
         format!("{}/v1/sagas?status=failed", s.base),
         None,
@@ -154,25 +153,31 @@ async fn http_saga_lifecycle_history_sse_and_idempotent_start() {
         .await
         .unwrap();
     assert!(
-        text.contains("mainstay_sagas_total{log=\"sqlite\",outcome=\"completed\"} 1"),
+        text.contains(&format!(
+            "mainstay_sagas_total{{log=\"{}\",outcome=\"completed\"}} 1",
+            match store {
+                StoreKind::Sqlite => "sqlite",
+                StoreKind::Postgres => "postgres",
+            }
+        )),
         "{text}"
     );
 }
+per_store!(http_saga_lifecycle_history_sse_and_idempotent_start);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn parked_saga_is_retried_over_http_and_live_sse_follows() {
+async fn parked_saga_is_retried_over_http_and_live_sse_follows(store: StoreKind) {
     let p = Participant::default();
     let pbase = p.start().await;
     p.records.lock().unwrap().compensation_failures.insert(0, 3);
-    let s = server().await;
+    let s = server(store).await;
     let def = Participant::definition(&pbase, "pay", 2);
-    send(
+    call(
         reqwest::Method::POST,
         format!("{}/v1/saga-definitions", s.base),
         Some(def),
     )
     .await;
-    let (st, saga, _) = send(
+    let (st, saga, _) = call(
         reqwest::Method::POST,
         format!("{}/v1/sagas", s.base),
         Some(json!({"definition": "pay", "input": {"fail_at": 1}})),
@@ -180,7 +185,7 @@ async fn parked_saga_is_retried_over_http_and_live_sse_follows() {
     .await;
     assert_eq!(st, 201);
     let id = saga["id"].as_str().unwrap().to_string();
-    let (_, parked, _) = send(
+    let (_, parked, _) = call(
         reqwest::Method::GET,
         format!("{}/v1/sagas/{id}?wait_ms=20000", s.base),
         None,
@@ -191,7 +196,7 @@ async fn parked_saga_is_retried_over_http_and_live_sse_follows() {
         parked["error"].as_str().unwrap().contains("500"),
         "{parked:#}"
     );
-    let (_, list, _) = send(
+    let (_, list, _) = call(
         reqwest::Method::GET,
         format!("{}/v1/sagas?status=compensation_failed", s.base),
         None,
@@ -207,7 +212,7 @@ async fn parked_saga_is_retried_over_http_and_live_sse_follows() {
         .await
         .unwrap();
     let mut stream = r.bytes_stream();
-    let (st, _, _) = send(
+    let (st, _, _) = call(
         reqwest::Method::POST,
         format!("{}/v1/sagas/{id}/retry", s.base),
         None,
@@ -228,7 +233,7 @@ async fn parked_saga_is_retried_over_http_and_live_sse_follows() {
     assert_eq!(p.effects_of(&id), vec![(0, false), (0, true)]);
 
     // Operator actions on a finished saga are 409 problems naming its status.
-    let (st, problem, ctype) = send(
+    let (st, problem, ctype) = call(
         reqwest::Method::POST,
         format!("{}/v1/sagas/{id}/retry", s.base),
         None,
@@ -236,7 +241,7 @@ async fn parked_saga_is_retried_over_http_and_live_sse_follows() {
     .await;
     assert_eq!((st, ctype.as_str()), (409, "application/problem+json"));
     assert_eq!(problem["saga_status"], "failed");
-    let (st, _, _) = send(
+    let (st, _, _) = call(
         reqwest::Method::POST,
         format!("{}/v1/sagas/{id}/abort", s.base),
         None,
@@ -244,10 +249,10 @@ async fn parked_saga_is_retried_over_http_and_live_sse_follows() {
     .await;
     assert_eq!(st, 409);
 }
+per_store!(parked_saga_is_retried_over_http_and_live_sse_follows);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_saga_input_gets_4xx_problems_and_nothing_is_stored() {
-    let s = server().await;
+async fn bad_saga_input_gets_4xx_problems_and_nothing_is_stored(store: StoreKind) {
+    let s = server(store).await;
     let url = |p: &str| format!("{}{p}", s.base);
     let post_raw = |path: String, body: &'static str| async move {
         let r = reqwest::Client::new()
@@ -325,14 +330,14 @@ async fn bad_saga_input_gets_4xx_problems_and_nothing_is_stored() {
     )
     .await;
     assert_eq!(problem["field"], "steps[1].action.url", "{problem}");
-    let (st, problem, _) = send(reqwest::Method::GET, url("/v1/sagas?status=sideways"), None).await;
+    let (st, problem, _) = call(reqwest::Method::GET, url("/v1/sagas?status=sideways"), None).await;
     assert_eq!(st, 400, "{problem}");
-    let (st, problem, _) = send(reqwest::Method::GET, url("/v1/sagas/unknown-id"), None).await;
+    let (st, problem, _) = call(reqwest::Method::GET, url("/v1/sagas/unknown-id"), None).await;
     assert_eq!(
         (st, problem["type"].as_str()),
         (404, Some("urn:mainstay:problem:saga-not-found"))
     );
-    let (st, _, _) = send(
+    let (st, _, _) = call(
         reqwest::Method::GET,
         url("/v1/sagas/unknown-id/events"),
         None,
@@ -340,14 +345,14 @@ async fn bad_saga_input_gets_4xx_problems_and_nothing_is_stored() {
     .await;
     assert_eq!(st, 404);
     // Nothing was stored, and the server still serves.
-    let (_, defs, _) = send(reqwest::Method::GET, url("/v1/saga-definitions"), None).await;
+    let (_, defs, _) = call(reqwest::Method::GET, url("/v1/saga-definitions"), None).await;
     assert_eq!(defs, json!([]));
-    let (_, list, _) = send(reqwest::Method::GET, url("/v1/sagas"), None).await;
+    let (_, list, _) = call(reqwest::Method::GET, url("/v1/sagas"), None).await;
     assert_eq!(list["sagas"], json!([]));
 }
+per_store!(bad_saga_input_gets_4xx_problems_and_nothing_is_stored);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn saga_cli_lists_shows_and_aborts_a_parked_saga() {
+async fn saga_cli_lists_shows_and_aborts_a_parked_saga(store: StoreKind) {
     let p = Participant::default();
     let pbase = p.start().await;
     p.records
@@ -355,21 +360,21 @@ async fn saga_cli_lists_shows_and_aborts_a_parked_saga() {
         .unwrap()
         .compensation_failures
         .insert(0, 1000);
-    let s = server().await;
-    send(
+    let s = server(store).await;
+    call(
         reqwest::Method::POST,
         format!("{}/v1/saga-definitions", s.base),
         Some(Participant::definition(&pbase, "cli", 2)),
     )
     .await;
-    let (_, saga, _) = send(
+    let (_, saga, _) = call(
         reqwest::Method::POST,
         format!("{}/v1/sagas", s.base),
         Some(json!({"definition": "cli", "input": {"fail_at": 1}})),
     )
     .await;
     let id = saga["id"].as_str().unwrap().to_string();
-    let (_, parked, _) = send(
+    let (_, parked, _) = call(
         reqwest::Method::GET,
         format!("{}/v1/sagas/{id}?wait_ms=20000", s.base),
         None,
@@ -378,7 +383,11 @@ async fn saga_cli_lists_shows_and_aborts_a_parked_saga() {
     assert_eq!(parked["status"], "compensation_failed");
 
     let cli = |args: &[&str]| {
-        let out = mainstay(s.dir.path()).args(args).output().unwrap();
+        let out = mainstay(s.dir.path())
+            .args(&s.store_args)
+            .args(args)
+            .output()
+            .unwrap();
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -405,7 +414,7 @@ async fn saga_cli_lists_shows_and_aborts_a_parked_saga() {
     let (code, _, err) = cli(&["saga", "list", "--status", "sideways"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("unknown saga status"), "{err}");
-    let (_, now, _) = send(
+    let (_, now, _) = call(
         reqwest::Method::GET,
         format!("{}/v1/sagas/{id}", s.base),
         None,
@@ -413,3 +422,4 @@ async fn saga_cli_lists_shows_and_aborts_a_parked_saga() {
     .await;
     assert_eq!(now["status"], "aborted");
 }
+per_store!(saga_cli_lists_shows_and_aborts_a_parked_saga);
