@@ -61,6 +61,25 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
+/// Where a SQLite-or-PostgreSQL store is ([`BackendConfig::store_location`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL.
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// `sqlite` or `postgres`.
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            StoreLocation::Sqlite(_) => BackendKind::Sqlite,
+            StoreLocation::Postgres(_) => BackendKind::Postgres,
+        }
+    }
+}
+
 /// Where the lock service keeps its state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,6 +107,33 @@ impl BackendConfig {
             .collect()
     }
 
+    /// Where a store that lives in SQLite or PostgreSQL is (the event store, the saga and
+    /// decision logs): the SQLite file (`url`, else `data_dir/default_file`) or the
+    /// PostgreSQL URL. `what` names the store in errors and `url_from` says where its URL
+    /// is set ("flag --txn-url, env MAINSTAY_TXN_URL, or [txn] url").
+    pub fn store_location(
+        &self,
+        what: &str,
+        data_dir: &std::path::Path,
+        default_file: &str,
+        url_from: &str,
+    ) -> Result<StoreLocation, String> {
+        let url = self.url.as_deref().map(str::trim).filter(|u| !u.is_empty());
+        match self.backend {
+            BackendKind::Sqlite => Ok(StoreLocation::Sqlite(
+                url.map(PathBuf::from)
+                    .unwrap_or_else(|| data_dir.join(default_file)),
+            )),
+            BackendKind::Postgres => url
+                .map(|u| StoreLocation::Postgres(u.to_string()))
+                .ok_or_else(|| format!("the postgres {what} needs a url ({url_from})")),
+            other => Err(format!(
+                "the {what} lives in sqlite or postgres, not {}",
+                other.as_str()
+            )),
+        }
+    }
+
     /// The SQLite file to use when the backend is SQLite.
     pub fn sqlite_path(&self, data_dir: &std::path::Path) -> PathBuf {
         match &self.url {
@@ -99,6 +145,37 @@ impl BackendConfig {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn store_location_resolves_sqlite_files_and_postgres_urls() {
+        let dir = std::path::Path::new("/data");
+        let at = |backend, url: Option<&str>| {
+            BackendConfig {
+                backend,
+                url: url.map(String::from),
+            }
+            .store_location("saga log", dir, "txn.db", "flag --txn-url")
+        };
+        assert_eq!(
+            at(BackendKind::Sqlite, None),
+            Ok(StoreLocation::Sqlite(dir.join("txn.db")))
+        );
+        assert_eq!(
+            at(BackendKind::Sqlite, Some(" /x.db ")),
+            Ok(StoreLocation::Sqlite("/x.db".into()))
+        );
+        assert_eq!(
+            at(BackendKind::Postgres, Some("postgres://h/db")),
+            Ok(StoreLocation::Postgres("postgres://h/db".into()))
+        );
+        let missing = at(BackendKind::Postgres, Some("  ")).unwrap_err();
+        assert!(
+            missing.contains("saga log") && missing.contains("--txn-url"),
+            "{missing}"
+        );
+        let wrong = at(BackendKind::Redis, None).unwrap_err();
+        assert!(wrong.contains("not redis"), "{wrong}");
+    }
+
     use super::*;
 
     #[test]

@@ -1,7 +1,9 @@
 //! Opens the event store a [`BackendConfig`] names.
 
 use crate::{EventStore, StoreError};
-use mainstay_core::config::{BackendConfig, BackendKind};
+use mainstay_core::config::BackendConfig;
+#[allow(unused_imports)] // Used only by the arms whose store feature is on.
+use mainstay_core::config::StoreLocation;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -12,40 +14,27 @@ pub async fn connect(
     config: &BackendConfig,
     data_dir: &Path,
 ) -> Result<Arc<dyn EventStore>, StoreError> {
-    let url = config
-        .url
-        .as_deref()
-        .map(str::trim)
-        .filter(|u| !u.is_empty());
-    let _ = (url, data_dir);
-    match config.backend {
+    let at = config
+        .store_location(
+            "event store",
+            data_dir,
+            "events.db",
+            "flag --events-url, env MAINSTAY_EVENTS_URL, or [events] url",
+        )
+        .map_err(StoreError::Config)?;
+    match at {
         #[cfg(feature = "sqlite")]
-        BackendKind::Sqlite => {
-            let path = url
-                .map(std::path::PathBuf::from)
-                .unwrap_or_else(|| data_dir.join("events.db"));
-            Ok(Arc::new(crate::sqlite::SqliteEventStore::open(path)?))
-        }
+        StoreLocation::Sqlite(path) => Ok(Arc::new(crate::sqlite::SqliteEventStore::open(path)?)),
         #[cfg(feature = "postgres")]
-        BackendKind::Postgres => {
-            let url = url.ok_or_else(|| {
-                StoreError::Config(
-                    "the postgres event store needs a url (flag --events-url, env MAINSTAY_EVENTS_URL, or [events] url)".into(),
-                )
-            })?;
-            Ok(Arc::new(
-                crate::postgres::PostgresEventStore::connect(url).await?,
-            ))
-        }
+        StoreLocation::Postgres(url) => Ok(Arc::new(
+            crate::postgres::PostgresEventStore::connect(&url).await?,
+        )),
         #[allow(unreachable_patterns)]
-        BackendKind::Sqlite | BackendKind::Postgres => Err(StoreError::Config(format!(
-            "the {} event store is not compiled in; rebuild with the cargo feature \"{}\"",
-            config.backend.as_str(),
-            config.backend.as_str()
-        ))),
-        other => Err(StoreError::Config(format!(
-            "the event store lives in sqlite or postgres, not {}",
-            other.as_str()
-        ))),
+        other => {
+            let kind = other.kind().as_str();
+            Err(StoreError::Config(format!(
+                "the {kind} event store is not compiled in; rebuild with the cargo feature \"{kind}\""
+            )))
+        }
     }
 }

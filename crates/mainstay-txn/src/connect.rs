@@ -1,11 +1,22 @@
-//! Opens the saga log a [`BackendConfig`] names.
+//! Opens the saga log and the decision log a [`BackendConfig`] names.
 
 use crate::error::TxnError;
 use crate::saga::SagaLog;
 use crate::twopc::DecisionLog;
-use mainstay_core::config::{BackendConfig, BackendKind};
+use mainstay_core::config::BackendConfig;
+#[allow(unused_imports)] // Used only by the arms whose store feature is on.
+use mainstay_core::config::StoreLocation;
 use std::path::Path;
 use std::sync::Arc;
+
+const URL_FROM: &str = "flag --txn-url, env MAINSTAY_TXN_URL, or [txn] url";
+
+fn not_compiled(what: &str, at: &StoreLocation) -> TxnError {
+    let kind = at.kind().as_str();
+    TxnError::Config(format!(
+        "the {kind} {what} is not compiled in; rebuild with the cargo feature \"{kind}\""
+    ))
+}
 
 /// Opens the saga log: SQLite (default file `data_dir/txn.db`) or PostgreSQL (a URL).
 /// Other backends, and backends whose cargo feature is off, are a [`TxnError::Config`]
@@ -14,41 +25,20 @@ pub async fn connect_log(
     config: &BackendConfig,
     data_dir: &Path,
 ) -> Result<Arc<dyn SagaLog>, TxnError> {
-    let url = config
-        .url
-        .as_deref()
-        .map(str::trim)
-        .filter(|u| !u.is_empty());
-    let _ = (url, data_dir);
-    match config.backend {
+    let at = config
+        .store_location("saga log", data_dir, "txn.db", URL_FROM)
+        .map_err(TxnError::Config)?;
+    match at {
         #[cfg(feature = "sqlite")]
-        BackendKind::Sqlite => {
-            let path = url
-                .map(std::path::PathBuf::from)
-                .unwrap_or_else(|| data_dir.join("txn.db"));
+        StoreLocation::Sqlite(path) => {
             Ok(Arc::new(crate::saga::sqlite::SqliteSagaLog::open(path)?))
         }
         #[cfg(feature = "postgres")]
-        BackendKind::Postgres => {
-            let url = url.ok_or_else(|| {
-                TxnError::Config(
-                    "the postgres saga log needs a url (flag --txn-url, env MAINSTAY_TXN_URL, or [txn] url)".into(),
-                )
-            })?;
-            Ok(Arc::new(
-                crate::saga::postgres::PostgresSagaLog::connect(url).await?,
-            ))
-        }
+        StoreLocation::Postgres(url) => Ok(Arc::new(
+            crate::saga::postgres::PostgresSagaLog::connect(&url).await?,
+        )),
         #[allow(unreachable_patterns)]
-        BackendKind::Sqlite | BackendKind::Postgres => Err(TxnError::Config(format!(
-            "the {} saga log is not compiled in; rebuild with the cargo feature \"{}\"",
-            config.backend.as_str(),
-            config.backend.as_str()
-        ))),
-        other => Err(TxnError::Config(format!(
-            "sagas and transactions keep their log in sqlite or postgres, not {}",
-            other.as_str()
-        ))),
+        other => Err(not_compiled("saga log", &other)),
     }
 }
 
@@ -57,40 +47,17 @@ pub async fn connect_decision_log(
     config: &BackendConfig,
     data_dir: &Path,
 ) -> Result<Arc<dyn DecisionLog>, TxnError> {
-    let url = config
-        .url
-        .as_deref()
-        .map(str::trim)
-        .filter(|u| !u.is_empty());
-    let _ = (url, data_dir);
-    match config.backend {
+    let at = config
+        .store_location("transaction log", data_dir, "txn.db", URL_FROM)
+        .map_err(TxnError::Config)?;
+    match at {
         #[cfg(feature = "sqlite")]
-        BackendKind::Sqlite => {
-            let path = url
-                .map(std::path::PathBuf::from)
-                .unwrap_or_else(|| data_dir.join("txn.db"));
-            Ok(Arc::new(crate::twopc::SqliteDecisionLog::open(path)?))
-        }
+        StoreLocation::Sqlite(path) => Ok(Arc::new(crate::twopc::SqliteDecisionLog::open(path)?)),
         #[cfg(feature = "postgres")]
-        BackendKind::Postgres => {
-            let url = url.ok_or_else(|| {
-                TxnError::Config(
-                    "the postgres transaction log needs a url (flag --txn-url, env MAINSTAY_TXN_URL, or [txn] url)".into(),
-                )
-            })?;
-            Ok(Arc::new(
-                crate::twopc::PostgresDecisionLog::connect(url).await?,
-            ))
-        }
+        StoreLocation::Postgres(url) => Ok(Arc::new(
+            crate::twopc::PostgresDecisionLog::connect(&url).await?,
+        )),
         #[allow(unreachable_patterns)]
-        BackendKind::Sqlite | BackendKind::Postgres => Err(TxnError::Config(format!(
-            "the {} transaction log is not compiled in; rebuild with the cargo feature \"{}\"",
-            config.backend.as_str(),
-            config.backend.as_str()
-        ))),
-        other => Err(TxnError::Config(format!(
-            "sagas and transactions keep their log in sqlite or postgres, not {}",
-            other.as_str()
-        ))),
+        other => Err(not_compiled("transaction log", &other)),
     }
 }
