@@ -110,7 +110,7 @@ impl BackendConfig {
     /// Where a store that lives in SQLite or PostgreSQL is (the event store, the saga and
     /// decision logs): the SQLite file (`url`, else `data_dir/default_file`) or the
     /// PostgreSQL URL. `what` names the store in errors and `url_from` says where its URL
-    /// is set ("flag --txn-url, env MAINSTAY_TXN_URL, or [txn] url").
+    /// is set (`"flag --txn-url, env MAINSTAY_TXN_URL, or [txn] url"`).
     pub fn store_location(
         &self,
         what: &str,
