@@ -54,6 +54,14 @@ async fn completes_in_order_with_context(kind: BackendKind) {
             "saga_completed"
         ]
     );
+    // The outcome counter moves just after the final transition is logged, so a reader of
+    // the log (as `wait` is) can be a moment ahead of it.
+    mainstay_testkit::eventually(Duration::from_secs(5), "the completed counter", || {
+        let n = o.metrics().completed;
+        async move { n >= 1 }
+    })
+    .await
+    .unwrap();
     assert_eq!(o.metrics().completed, 1);
 }
 per_log!(completes_in_order_with_context);

@@ -67,6 +67,24 @@ async fn get(url: String) -> (u16, Value) {
     (s, v)
 }
 
+/// `GET /v1/all` once it shows at least `n` events (within 20 s). On PostgreSQL `$all`
+/// serves a committed append once every older transaction on the server has ended (other
+/// tests' count), so it may trail the appends briefly; callers then assert exact counts.
+async fn settled_all(base: &str, n: usize) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, all) = get(format!("{base}/v1/all?limit=10000")).await;
+        if all["events"].as_array().map_or(0, Vec::len) >= n {
+            return all;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "$all shows fewer than {n} events after 20 s: {all}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn versions(read: &Value) -> Vec<u64> {
     read["events"]
         .as_array()
@@ -128,6 +146,13 @@ async fn streams_over_http_append_read_metadata_and_delete(store: StoreKind) {
     let (_, from) = get(format!("{base}/v1/streams/acc-1?from=1&limit=1")).await;
     assert_eq!(versions(&from), vec![1]);
 
+    assert_eq!(
+        settled_all(&base, 4).await["events"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
     let (st, all) = get(format!("{base}/v1/all?limit=2")).await;
     assert_eq!(st, 200);
     assert_eq!(all["events"].as_array().unwrap().len(), 2);
@@ -289,7 +314,7 @@ async fn bad_event_input_is_a_4xx_problem_and_writes_nothing(store: StoreKind) {
     // Nothing of the refused requests was written.
     let (_, read) = get(format!("{base}/v1/streams/s-1")).await;
     assert_eq!(versions(&read), vec![0, 1]);
-    let (_, all) = get(format!("{base}/v1/all")).await;
+    let all = settled_all(&base, 2).await;
     assert_eq!(all["events"].as_array().unwrap().len(), 2);
     let (_, m) = get(format!("{base}/v1/streams/s-1/metadata")).await;
     assert_eq!(m, json!({}));
@@ -364,7 +389,7 @@ async fn snapshots_and_scavenge_over_http(store: StoreKind) {
     )
     .await;
     assert_eq!(st, 200);
-    let (_, all) = get(format!("{base}/v1/all")).await;
+    let all = settled_all(&base, 5).await;
     assert_eq!(all["events"].as_array().unwrap().len(), 5);
     let (st, removed) = post(format!("{base}/v1/scavenge"), json!({})).await;
     assert_eq!((st, &removed), (200, &json!({"removed": 3})));
@@ -600,7 +625,8 @@ async fn multi_stream_append_over_http_is_all_or_nothing(store: StoreKind) {
             assert_eq!(p["field"], f, "{body}: {p}");
         }
     }
-    let (_, all) = get(format!("{base}/v1/all")).await;
-    assert_eq!(all["events"].as_array().unwrap().len(), 3);
+    // Nothing the refused requests sent is in `$all`.
+    let all = settled_all(&base, 3).await;
+    assert_eq!(all["events"].as_array().unwrap().len(), 3, "{all}");
 }
 per_store!(multi_stream_append_over_http_is_all_or_nothing);

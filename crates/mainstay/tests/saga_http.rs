@@ -146,22 +146,26 @@ async fn http_saga_lifecycle_history_sse_and_idempotent_start(store: StoreKind) 
     .await;
     assert!(list["sagas"].as_array().unwrap().is_empty());
 
-    let text = reqwest::get(format!("{}/metrics", s.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        text.contains(&format!(
-            "mainstay_sagas_total{{log=\"{}\",outcome=\"completed\"}} 1",
-            match store {
-                StoreKind::Sqlite => "sqlite",
-                StoreKind::Postgres => "postgres",
-            }
-        )),
-        "{text}"
+    // The outcome counter moves just after the final transition is logged (which the
+    // wait above reads), so poll for it.
+    let line = format!(
+        "mainstay_sagas_total{{log=\"{}\",outcome=\"completed\"}} 1",
+        match store {
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Postgres => "postgres",
+        }
     );
+    let url = format!("{}/metrics", s.base);
+    mainstay_testkit::eventually(Duration::from_secs(5), &line, || {
+        let url = url.clone();
+        let line = line.clone();
+        async move {
+            let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+            text.contains(&line)
+        }
+    })
+    .await
+    .unwrap();
 }
 per_store!(http_saga_lifecycle_history_sse_and_idempotent_start);
 

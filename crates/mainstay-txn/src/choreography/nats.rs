@@ -5,12 +5,21 @@
 //! duplicate window (2 minutes by default). Each (consumer, kind) pair is a durable pull
 //! consumer with explicit acks: it resumes where it stopped after a restart, and an event
 //! not acked within `ack_wait` (or nak'ed) is delivered again.
+//!
+//! Limit: JetStream cannot withdraw a pull request. A subscriber that stops leaves its
+//! last one on the server until it expires (at most [`PULL_EXPIRES`]); an event the server
+//! hands to it meanwhile reaches nobody and comes back after `ack_wait`. A restart of a
+//! consumer can therefore delay an event by up to `ack_wait`; it never loses one.
 
 use super::{Acker, BusError, Delivery, Event, EventBus, Subscription};
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use async_trait::async_trait;
 use futures::StreamExt;
 use std::time::Duration;
+
+/// How long one pull request waits on the server: short, so a stopped subscriber's last
+/// request lapses soon (see the module docs).
+pub const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
 fn err(e: impl std::fmt::Display) -> BusError {
     BusError(e.to_string())
@@ -147,7 +156,13 @@ impl EventBus for NatsBus {
                 )
                 .await
                 .map_err(err)?;
-            let mut messages = c.messages().await.map_err(err)?;
+            let mut messages = c
+                .stream()
+                .expires(PULL_EXPIRES)
+                .heartbeat(PULL_EXPIRES / 3)
+                .messages()
+                .await
+                .map_err(err)?;
             let tx = tx.clone();
             tokio::spawn(async move {
                 loop {
