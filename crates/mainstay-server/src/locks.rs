@@ -22,9 +22,10 @@ where
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        // Read as JSON first: JSON (and JSON Schema) count `30000.0` as the integer 30000,
-        // which serde refuses for an integer field; such a body is read again with its
-        // integral numbers as integers. Bodies without one take the direct path.
+        // Every body is parsed to a `Value` first, then read into `T` from it. JSON (and
+        // JSON Schema) count `30000.0` as the integer 30000, which serde refuses for an
+        // integer field: only when that first read fails is the value read again with
+        // its integral numbers as integers.
         let Json(value) = Json::<Value>::from_request(req, state)
             .await
             .map_err(Problem::from)?;
