@@ -220,7 +220,11 @@ impl ZookeeperBackend {
             connect,
             |e: &zk::Error| !matches!(e, zk::Error::AuthFailed | zk::Error::BadArguments(_)),
             |left| {
+                // Detached: dropping the last client (a CLI that acquired and exited)
+                // leaves the session to expire on the ensemble instead of closing it, so
+                // the lease's node lives on to its ttl (bounded by the session timeout).
                 zk::Client::connector()
+                    .with_detached()
                     .with_session_timeout(session_timeout)
                     .with_connection_timeout(left.min(Duration::from_secs(3)))
                     .connect(connect)
