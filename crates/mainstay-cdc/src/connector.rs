@@ -1,0 +1,505 @@
+//! The apply loop: snapshot when needed, then stream; batch events to the sink; confirm a
+//! transaction to the slot only after the sink took all of it.
+//!
+//! Guarantees: every committed change of a captured table reaches the sink at least once,
+//! in commit order, each transaction's changes in their order; the slot's confirmed
+//! position never passes what the sink holds, so a crash at any point loses nothing.
+//! Limits: a sink that cannot report its position sees the unconfirmed tail again after a
+//! crash (duplicates, same [`Position`](crate::Position)); the connector's own record of a
+//! finished snapshot lives in a local state file (not shared between hosts yet).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+
+use crate::config::{CdcConfig, SnapshotMode};
+use crate::error::CdcError;
+use crate::event::{format_lsn, ChangeEvent, Position, SourceInfo};
+use crate::postgres::{self, db_message, snapshot::SnapshotRun, stream::Decoder, Endpoint};
+use crate::sink::Sink;
+use crate::types::SESSION_OPTIONS;
+
+/// Hands events to the sink, dropping those it already holds.
+pub(crate) struct Delivery {
+    sink: Box<dyn Sink>,
+    /// Events at or before this position are already in the sink.
+    skip_through: Option<Position>,
+    pub(crate) delivered: u64,
+    pub(crate) skipped: u64,
+}
+
+impl Delivery {
+    pub(crate) async fn deliver(&mut self, mut events: Vec<ChangeEvent>) -> Result<(), CdcError> {
+        if let Some(skip) = self.skip_through {
+            let before = events.len();
+            events.retain(|e| e.position > skip);
+            self.skipped += (before - events.len()) as u64;
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.sink.write(&events).await?;
+        self.delivered += events.len() as u64;
+        Ok(())
+    }
+}
+
+/// What the connector remembers between runs.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+struct State {
+    /// The slot the record is about.
+    slot: String,
+    /// True once a snapshot finished (or was not wanted) for this slot.
+    snapshot_done: bool,
+    /// True while a snapshot runs from a slot this connector created for it; such a slot
+    /// has confirmed nothing and is recreated if the snapshot did not finish.
+    snapshot_slot_created: bool,
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    /// Rows read by the snapshot (0 when none ran).
+    pub snapshot_rows: u64,
+    /// Events handed to the sink.
+    pub delivered: u64,
+    /// Events the sink already held (after a restart).
+    pub skipped: u64,
+    /// The last position confirmed to the slot.
+    pub confirmed_lsn: Option<String>,
+}
+
+/// A PostgreSQL connector feeding one sink.
+pub struct Connector {
+    config: CdcConfig,
+    sink: Box<dyn Sink>,
+    state: StateFile,
+}
+
+/// The file holding [`State`], replaced atomically.
+struct StateFile(PathBuf);
+
+impl Connector {
+    /// A connector; its state file defaults to `./<name>.cdc-state.json`.
+    pub fn new(config: CdcConfig, sink: Box<dyn Sink>) -> Connector {
+        let state = StateFile(PathBuf::from(format!("{}.cdc-state.json", config.name)));
+        Connector {
+            config,
+            sink,
+            state,
+        }
+    }
+
+    /// Where the connector records whether its snapshot finished. Default:
+    /// `./<name>.cdc-state.json`.
+    pub fn state_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.state = StateFile(path.into());
+        self
+    }
+}
+
+impl StateFile {
+    fn load(&self) -> Result<State, CdcError> {
+        match std::fs::read(&self.0) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                CdcError::Config(format!("state file {} is corrupt: {e}", self.0.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) => Err(CdcError::Config(format!(
+                "reading state file {}: {e}",
+                self.0.display()
+            ))),
+        }
+    }
+
+    fn save(&self, state: &State) -> Result<(), CdcError> {
+        let err = |e: std::io::Error| {
+            CdcError::Config(format!("writing state file {}: {e}", self.0.display()))
+        };
+        let tmp = PathBuf::from(format!("{}.tmp", self.0.display()));
+        let bytes = serde_json::to_vec(state).map_err(|e| CdcError::Config(e.to_string()))?;
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&tmp).map_err(err)?;
+            f.write_all(&bytes).map_err(err)?;
+            f.sync_all().map_err(err)?;
+        }
+        std::fs::rename(&tmp, &self.0).map_err(err)
+    }
+}
+
+impl Connector {
+    /// Runs until `shutdown` completes (then confirms what the sink holds and returns), the
+    /// snapshot ends in `initial_only` mode, or an error.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<RunSummary, CdcError> {
+        let Connector {
+            config,
+            sink,
+            state: state_file,
+        } = self;
+        config.validate()?;
+        let endpoint = Endpoint::parse(&config.source_url)?;
+        let client = endpoint.connect().await?;
+        let mut state = state_file.load()?;
+        if state.slot != config.slot {
+            state = State {
+                slot: config.slot.clone(),
+                ..State::default()
+            };
+        }
+        let setup = postgres::prepare(&client, &endpoint, &config).await?;
+        let mut slot_exists = setup.slot.is_some();
+        if !slot_exists && state.snapshot_done && !state.snapshot_slot_created {
+            match config.snapshot_mode {
+                SnapshotMode::WhenNeeded | SnapshotMode::Always => state.snapshot_done = false,
+                SnapshotMode::NoData => {}
+                SnapshotMode::Initial | SnapshotMode::InitialOnly => {
+                    return Err(CdcError::Setup(format!(
+                        "replication slot {:?} is gone although this connector streamed from it (state file {}): \
+                         changes made since it was dropped are lost to it. Rerun with snapshot mode when_needed \
+                         or always to read the tables again, or delete the state file to start over",
+                        config.slot,
+                        state_file.0.display()
+                    )));
+                }
+            }
+        }
+        if slot_exists && state.snapshot_slot_created && !state.snapshot_done {
+            // Our own slot from a snapshot that never finished: it has confirmed nothing,
+            // so a new slot and a new snapshot lose nothing.
+            tracing::info!(slot = %config.slot, "the last snapshot did not finish; recreating its slot and starting it again");
+            postgres::drop_slot(&client, &config.slot).await?;
+            slot_exists = false;
+        }
+        let need_snapshot = match config.snapshot_mode {
+            SnapshotMode::NoData => false,
+            SnapshotMode::Always => true,
+            _ => !state.snapshot_done,
+        };
+
+        let replication = ReplicationConfig::new(
+            endpoint.host.clone(),
+            endpoint.user.clone(),
+            endpoint.password.clone(),
+            endpoint.database.clone(),
+            config.slot.clone(),
+            config.publication.clone(),
+        )
+        .with_port(endpoint.port)
+        .with_tls(TlsConfig::disabled())
+        .with_options(SESSION_OPTIONS)
+        .with_status_interval(config.status_interval)
+        .with_wakeup_interval(Duration::from_secs(5))
+        .with_buffer_size(8192)
+        .with_application_name(format!("mainstay-cdc {}", config.name));
+        let mut repl = ReplicationClient::connect_gated(replication)
+            .await
+            .map_err(|e| endpoint.error(format!("replication connection: {e}")))?;
+
+        let source = Arc::new(SourceInfo {
+            name: config.name.clone(),
+            db: endpoint.database.clone(),
+        });
+        let mut sink = sink;
+        let skip_through = sink.last_position().await?;
+        let mut delivery = Delivery {
+            sink,
+            skip_through,
+            delivered: 0,
+            skipped: 0,
+        };
+        let mut summary = RunSummary::default();
+
+        let mut exported = None;
+        let mut consistent_point = 0;
+        if !slot_exists {
+            let export = if need_snapshot { "export" } else { "nothing" };
+            let rows = repl
+                .simple_query(&format!(
+                    "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT '{export}')",
+                    config.slot
+                ))
+                .await;
+            let rows = match rows {
+                Ok(rows) => rows,
+                Err(e) => {
+                    if setup.created_publication {
+                        let _ = client
+                            .batch_execute(&format!(
+                                "DROP PUBLICATION IF EXISTS {}",
+                                postgres::quote_ident(&config.publication)
+                            ))
+                            .await;
+                    }
+                    return Err(CdcError::Setup(format!(
+                        "creating replication slot {:?}: {e}",
+                        config.slot
+                    )));
+                }
+            };
+            let row = rows
+                .into_iter()
+                .next()
+                .ok_or_else(|| CdcError::Setup("CREATE_REPLICATION_SLOT returned no row".into()))?;
+            let text = |i: usize| {
+                row.get(i)
+                    .and_then(|v| v.as_ref())
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+            };
+            consistent_point = text(1)
+                .as_deref()
+                .and_then(crate::event::parse_lsn)
+                .unwrap_or(0);
+            exported = text(2);
+            state.snapshot_slot_created = need_snapshot;
+            state.snapshot_done = !need_snapshot;
+            state_file.save(&state)?;
+            tracing::info!(slot = %config.slot, consistent_point = %format_lsn(consistent_point), "created replication slot");
+        } else if need_snapshot {
+            consistent_point = postgres::snapshot::slot_position(&client, &config.slot).await?;
+            tracing::warn!(
+                slot = %config.slot,
+                "snapshot of tables with an existing slot: rows are read as of now, and changes the slot \
+                 still holds from before are streamed after them (at-least-once, final state converges)"
+            );
+        }
+
+        if need_snapshot {
+            let run = SnapshotRun {
+                endpoint: &endpoint,
+                tables: &setup.tables,
+                exported: exported.as_deref(),
+                consistent_point,
+                fetch_size: config.snapshot_fetch_size,
+                decimals: config.decimal_handling,
+                source: source.clone(),
+            };
+            let stats = run.run(&mut delivery).await?;
+            summary.snapshot_rows = stats.rows;
+            state.snapshot_done = true;
+            state.snapshot_slot_created = false;
+            state_file.save(&state)?;
+            tracing::info!(
+                rows = stats.rows,
+                tables = stats.tables,
+                "snapshot finished"
+            );
+        } else if !state.snapshot_done {
+            state.snapshot_done = true;
+            state_file.save(&state)?;
+        }
+        if config.snapshot_mode == SnapshotMode::InitialOnly {
+            drop(repl);
+            summary.delivered = delivery.delivered;
+            summary.skipped = delivery.skipped;
+            return Ok(summary);
+        }
+
+        repl.start()
+            .await
+            .map_err(|e| endpoint.error(format!("START_REPLICATION: {e}")))?;
+        if let Err(e) = repl.wait_started().await {
+            let text = e.to_string();
+            if text.contains("is active for PID") {
+                let pid = text
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|p| {
+                        p.trim_end_matches(|c: char| !c.is_ascii_digit())
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0);
+                return Err(CdcError::SlotBusy {
+                    slot: config.slot.clone(),
+                    pid,
+                });
+            }
+            return Err(endpoint.error(format!("START_REPLICATION: {text}")));
+        }
+
+        let decoder_client = endpoint.connect().await?;
+        let mut decoder = Decoder::new(decoder_client, &config, source);
+        let outcome = stream(&config, &mut repl, &mut decoder, &mut delivery, shutdown).await;
+        let confirmed = match &outcome {
+            Ok(lsn) => *lsn,
+            Err(_) => None,
+        };
+        repl.stop();
+        let _ = repl.shutdown().await;
+        if let Some(lsn) = confirmed {
+            // The worker sends no final status on stop: persist the last confirmed position
+            // with the slot released, so a clean stop sends nothing twice.
+            advance_slot(&client, &config.slot, lsn).await;
+            summary.confirmed_lsn = Some(format_lsn(lsn));
+        }
+        if config.drop_slot_on_stop {
+            postgres::drop_slot(&client, &config.slot).await?;
+        }
+        outcome?;
+        summary.delivered = delivery.delivered;
+        summary.skipped = delivery.skipped;
+        Ok(summary)
+    }
+}
+
+/// Streams until shutdown; returns the last LSN confirmed.
+async fn stream(
+    config: &CdcConfig,
+    repl: &mut ReplicationClient,
+    decoder: &mut Decoder,
+    delivery: &mut Delivery,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Option<u64>, CdcError> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut batch: Vec<ChangeEvent> = Vec::with_capacity(config.max_batch);
+    // End LSN of the last commit seen whose events are all in `batch` or delivered.
+    let mut last_commit_end: Option<u64> = None;
+    let mut confirmed: Option<u64> = None;
+    let mut flush_at: Option<tokio::time::Instant> = None;
+    let heartbeat_every = config
+        .heartbeat_interval
+        .unwrap_or(Duration::from_secs(3600));
+    let mut heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + heartbeat_every,
+        heartbeat_every,
+    );
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    macro_rules! flush {
+        () => {{
+            if !batch.is_empty() {
+                delivery.deliver(std::mem::take(&mut batch)).await?;
+                batch.reserve(config.max_batch);
+            }
+            if let Some(end) = last_commit_end {
+                if confirmed.is_none_or(|c| end > c) {
+                    repl.update_applied_lsn(Lsn::from_u64(end));
+                    confirmed = Some(end);
+                }
+            }
+        }};
+    }
+
+    loop {
+        let event = tokio::select! {
+            biased;
+            _ = &mut shutdown => {
+                flush!();
+                return Ok(confirmed);
+            }
+            _ = async { tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)).await }, if flush_at.is_some() => {
+                flush!();
+                flush_at = None;
+                continue;
+            }
+            _ = heartbeat.tick(), if config.heartbeat_interval.is_some() => {
+                if let Err(e) = decoder
+                    .client()
+                    .batch_execute(&format!(
+                        "SELECT pg_logical_emit_message(false, '{}', '')",
+                        crate::postgres::stream::HEARTBEAT_PREFIX
+                    ))
+                    .await
+                {
+                    tracing::warn!("heartbeat failed: {}", db_message(&e));
+                }
+                continue;
+            }
+            event = repl.recv() => event,
+        };
+        let event = match event {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                flush!();
+                return Ok(confirmed);
+            }
+            Err(e) => {
+                return Err(CdcError::Source {
+                    address: "replication stream".into(),
+                    message: e.to_string(),
+                })
+            }
+        };
+        match event {
+            ReplicationEvent::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            } => decoder.begin(final_lsn.as_u64(), xid, commit_time_micros),
+            ReplicationEvent::XLogData {
+                wal_start, data, ..
+            } => {
+                let events = decoder.data(wal_start.as_u64(), data).await?;
+                batch.extend(events);
+            }
+            ReplicationEvent::Commit { end_lsn, .. } => {
+                decoder.commit();
+                last_commit_end = Some(end_lsn.as_u64());
+            }
+            ReplicationEvent::Message {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            } => {
+                let in_tx = decoder.in_transaction();
+                if let Some(event) =
+                    decoder.message(transactional, lsn.as_u64(), prefix, content.to_vec())
+                {
+                    batch.push(event);
+                }
+                if !transactional && !in_tx {
+                    // A non-transactional message stands alone: once it (and everything
+                    // before it) is delivered, its position may be confirmed. For a
+                    // heartbeat on an idle or filtered database this is what moves the slot.
+                    last_commit_end = Some(lsn.as_u64());
+                }
+            }
+            ReplicationEvent::KeepAlive { .. } | ReplicationEvent::StoppedAt { .. } => {}
+        }
+        if batch.len() >= config.max_batch {
+            flush!();
+            flush_at = None;
+        } else if flush_at.is_none()
+            && (!batch.is_empty()
+                || last_commit_end.is_some_and(|end| confirmed.is_none_or(|c| end > c)))
+        {
+            flush_at = Some(tokio::time::Instant::now() + config.linger);
+        }
+    }
+}
+
+/// Moves the released slot's confirmed position to `lsn` (best effort, bounded wait for
+/// the walsender to let go).
+async fn advance_slot(client: &tokio_postgres::Client, slot: &str, lsn: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let result = client
+            .execute(
+                "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+                &[&slot, &format_lsn(lsn)],
+            )
+            .await;
+        match result {
+            Ok(_) => return,
+            Err(e)
+                if e.as_db_error().is_some_and(|d| d.code().code() == "55006")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => {
+                tracing::debug!(
+                    "advancing slot {slot} to {}: {}",
+                    format_lsn(lsn),
+                    db_message(&e)
+                );
+                return;
+            }
+        }
+    }
+}

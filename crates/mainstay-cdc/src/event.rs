@@ -1,0 +1,285 @@
+//! Change events, their positions, and Debezium's JSON envelope.
+//!
+//! A [`Position`] is `(commit LSN, LSN, index in the transaction)`: unique per event and
+//! the same when PostgreSQL sends a transaction again after a restart, so it is the
+//! deduplication key. Ordering positions orders events as the source committed them.
+
+use std::sync::Arc;
+
+use serde::ser::{SerializeMap, SerializeStruct};
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+
+/// Where an event sits in the source's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Position {
+    /// The commit LSN of the event's transaction; for a snapshot row, the slot's consistent
+    /// point (every streamed transaction commits after it).
+    pub commit_lsn: u64,
+    /// The LSN of the change itself (the consistent point for a snapshot row).
+    pub lsn: u64,
+    /// The event's index in its transaction, or in the snapshot.
+    pub index: u64,
+    /// True for snapshot rows, which order before streamed changes at the same commit LSN.
+    pub snapshot: bool,
+}
+
+impl Position {
+    /// A stable text key for sinks that deduplicate (JetStream `Nats-Msg-Id`, idempotent
+    /// event ids): `"{commit_lsn}/{lsn}/{index}"`, with an `s` prefix for snapshot rows.
+    pub fn dedupe_key(&self) -> String {
+        let prefix = if self.snapshot { "s" } else { "" };
+        format!("{prefix}{}/{}/{}", self.commit_lsn, self.lsn, self.index)
+    }
+}
+
+impl Ord for Position {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.commit_lsn, !self.snapshot, self.index).cmp(&(
+            other.commit_lsn,
+            !other.snapshot,
+            other.index,
+        ))
+    }
+}
+
+impl PartialOrd for Position {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Formats an LSN as PostgreSQL does (`16/B374D848`).
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+/// Parses `16/B374D848`.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// Debezium's operation codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// `c`: a row was inserted.
+    Create,
+    /// `u`: a row was updated.
+    Update,
+    /// `d`: a row was deleted.
+    Delete,
+    /// `r`: a row read by a snapshot.
+    Read,
+    /// `t`: the table was truncated.
+    Truncate,
+    /// `m`: a logical decoding message (`pg_logical_emit_message`).
+    Message,
+}
+
+impl Op {
+    /// The one-letter code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Op::Create => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+            Op::Read => "r",
+            Op::Truncate => "t",
+            Op::Message => "m",
+        }
+    }
+}
+
+/// A row image: column names and values in the table's column order.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Row(pub Vec<(Arc<str>, Value)>);
+
+impl Row {
+    /// The value of `column`, if the row has it.
+    pub fn get(&self, column: &str) -> Option<&Value> {
+        self.0.iter().find(|(c, _)| &**c == column).map(|(_, v)| v)
+    }
+
+    /// The row as a JSON object (column order is lost).
+    pub fn to_value(&self) -> Value {
+        Value::Object(
+            self.0
+                .iter()
+                .map(|(c, v)| (c.to_string(), v.clone()))
+                .collect(),
+        )
+    }
+}
+
+impl Serialize for Row {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (column, value) in &self.0 {
+            map.serialize_entry(&**column, value)?;
+        }
+        map.end()
+    }
+}
+
+/// What is the same for every event of one connector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceInfo {
+    /// The connector's logical name (Debezium's `topic.prefix`, `source.name`).
+    pub name: String,
+    /// The database.
+    pub db: String,
+}
+
+/// Debezium's `source.snapshot` marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotMarker {
+    /// A streamed change: `"false"`.
+    False,
+    /// A snapshot row: `"true"`, or `"first"` / `"last"` for the first and last row of the
+    /// whole snapshot, `"first_in_data_collection"` / `"last_in_data_collection"` for those
+    /// of one table.
+    True,
+    /// See [`SnapshotMarker::True`].
+    First,
+    /// See [`SnapshotMarker::True`].
+    FirstInDataCollection,
+    /// See [`SnapshotMarker::True`].
+    LastInDataCollection,
+    /// See [`SnapshotMarker::True`].
+    Last,
+}
+
+impl SnapshotMarker {
+    fn as_str(self) -> &'static str {
+        match self {
+            SnapshotMarker::False => "false",
+            SnapshotMarker::True => "true",
+            SnapshotMarker::First => "first",
+            SnapshotMarker::FirstInDataCollection => "first_in_data_collection",
+            SnapshotMarker::LastInDataCollection => "last_in_data_collection",
+            SnapshotMarker::Last => "last",
+        }
+    }
+}
+
+/// One change, ready for a sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeEvent {
+    /// What happened.
+    pub op: Op,
+    /// The table's schema (`""` for a message).
+    pub schema: Arc<str>,
+    /// The table (`""` for a message).
+    pub table: Arc<str>,
+    /// The primary key columns (Debezium's record key); `None` for tables without one,
+    /// truncates and messages.
+    pub key: Option<Row>,
+    /// The row before the change: on updates and deletes, as much as the table's REPLICA
+    /// IDENTITY lets PostgreSQL send (the key columns by default, every column with FULL).
+    pub before: Option<Row>,
+    /// The row after the change (creates, updates, snapshot reads).
+    pub after: Option<Row>,
+    /// A logical message's prefix and content (`op = m`).
+    pub message: Option<(String, Vec<u8>)>,
+    /// Where the event sits in the source's history.
+    pub position: Position,
+    /// The transaction id, when the change belongs to a transaction.
+    pub tx_id: Option<u32>,
+    /// When the change was committed (or the snapshot read), microseconds since the epoch.
+    pub source_ts_us: i64,
+    /// Snapshot marker.
+    pub snapshot: SnapshotMarker,
+    /// The connector's name and database.
+    pub source: Arc<SourceInfo>,
+}
+
+/// The connector's version, written to `source.version`.
+pub const VERSION: &str = concat!("mainstay-", env!("CARGO_PKG_VERSION"));
+
+impl ChangeEvent {
+    /// The event as Debezium's JSON value (schemas disabled), with `ts_ms` / `ts_us` /
+    /// `ts_ns` set from `now_us` (when the connector processed it).
+    pub fn envelope(&self, now_us: i64) -> Envelope<'_> {
+        Envelope {
+            event: self,
+            now_us,
+        }
+    }
+}
+
+/// Serializes a [`ChangeEvent`] as Debezium's envelope: `before`, `after`, `source`, `op`,
+/// `ts_ms`, `ts_us`, `ts_ns` (and `message` for `op = m`).
+pub struct Envelope<'a> {
+    event: &'a ChangeEvent,
+    now_us: i64,
+}
+
+struct Source<'a>(&'a ChangeEvent);
+
+impl Serialize for Source<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let e = self.0;
+        let mut s = serializer.serialize_struct("source", 15)?;
+        s.serialize_field("version", VERSION)?;
+        s.serialize_field("connector", "postgresql")?;
+        s.serialize_field("name", &e.source.name)?;
+        s.serialize_field("ts_ms", &e.source_ts_us.div_euclid(1000))?;
+        s.serialize_field("ts_us", &e.source_ts_us)?;
+        s.serialize_field("ts_ns", &e.source_ts_us.saturating_mul(1000))?;
+        s.serialize_field("snapshot", e.snapshot.as_str())?;
+        s.serialize_field("db", &e.source.db)?;
+        // Debezium: a stringified JSON array [lastCommitLsn, lsn] of decimal LSNs.
+        let sequence = format!("[\"{}\",\"{}\"]", e.position.commit_lsn, e.position.lsn);
+        s.serialize_field("sequence", &sequence)?;
+        s.serialize_field("schema", &*e.schema)?;
+        s.serialize_field("table", &*e.table)?;
+        s.serialize_field("txId", &e.tx_id)?;
+        s.serialize_field("lsn", &e.position.lsn)?;
+        s.serialize_field("xmin", &Option::<i64>::None)?;
+        s.end()
+    }
+}
+
+struct Message<'a>(&'a (String, Vec<u8>));
+
+impl Serialize for Message<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine as _;
+        let mut s = serializer.serialize_struct("message", 2)?;
+        s.serialize_field("prefix", &self.0 .0)?;
+        s.serialize_field(
+            "content",
+            &base64::engine::general_purpose::STANDARD.encode(&self.0 .1),
+        )?;
+        s.end()
+    }
+}
+
+impl Serialize for Envelope<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let e = self.event;
+        let mut s = serializer.serialize_struct("envelope", 8)?;
+        if !matches!(e.op, Op::Truncate | Op::Message) {
+            s.serialize_field("before", &e.before)?;
+            s.serialize_field("after", &e.after)?;
+        }
+        s.serialize_field("source", &Source(e))?;
+        s.serialize_field("op", e.op.code())?;
+        s.serialize_field("ts_ms", &self.now_us.div_euclid(1000))?;
+        s.serialize_field("ts_us", &self.now_us)?;
+        s.serialize_field("ts_ns", &self.now_us.saturating_mul(1000))?;
+        if let Some(message) = &e.message {
+            s.serialize_field("message", &Message(message))?;
+        }
+        s.end()
+    }
+}
+
+/// Microseconds since the epoch, now.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
