@@ -5,3 +5,4 @@ mod common;
 mod consistency;
 mod envelope;
 mod restart;
+mod setup;

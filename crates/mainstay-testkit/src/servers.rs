@@ -319,22 +319,30 @@ pub struct PostgresServer {
     dir: TempDir,
     port: u16,
     durable: bool,
+    settings: Vec<String>,
 }
 
 impl PostgresServer {
     /// initdb + start on a free port with `wal_level=logical` and `fsync=off` (tests do
     /// not survive power loss anyway); waits for `pg_isready`.
     pub fn start() -> anyhow::Result<Self> {
-        Self::start_with(false)
+        Self::start_with(false, &[])
+    }
+
+    /// Like [`Self::start`] with extra `name=value` settings after the defaults (so they
+    /// win): e.g. `wal_level=replica` for a server that cannot decode logically.
+    pub fn start_with_settings(settings: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(false, settings)
     }
 
     /// Like [`Self::start`] but with `fsync=on`: commits cost what they cost in
     /// production. For benchmarks.
     pub fn start_durable() -> anyhow::Result<Self> {
-        Self::start_with(true)
+        Self::start_with(true, &[])
     }
 
-    fn start_with(durable: bool) -> anyhow::Result<Self> {
+    fn start_with(durable: bool, settings: &[&str]) -> anyhow::Result<Self> {
+        let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
         let dir = tempfile::Builder::new().prefix("mainstay-pg").tempdir()?;
         let ids = postgres_ids();
         if let Some((uid, gid)) = ids {
@@ -355,16 +363,18 @@ impl PostgresServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let (port, process) = on_free_port(|port| Self::spawn(dir.path(), port, durable))?;
+        let (port, process) =
+            on_free_port(|port| Self::spawn(dir.path(), port, durable, &settings))?;
         Ok(PostgresServer {
             process,
             dir,
             port,
             durable,
+            settings,
         })
     }
 
-    fn spawn(dir: &Path, port: u16, durable: bool) -> anyhow::Result<Process> {
+    fn spawn(dir: &Path, port: u16, durable: bool, settings: &[String]) -> anyhow::Result<Process> {
         let bin = pg_bin()?;
         let mut cmd = Command::new(bin.join("postgres"));
         cmd.arg("-D")
@@ -387,6 +397,9 @@ impl PostgresServer {
                 "-c",
                 "max_prepared_transactions=64",
             ]);
+        for setting in settings {
+            cmd.args(["-c", setting]);
+        }
         if let Some((uid, gid)) = postgres_ids() {
             cmd.uid(uid).gid(gid);
         }
@@ -429,7 +442,7 @@ impl PostgresServer {
         // to start while they hold shared memory, so retry for a while.
         let mut last = None;
         for _ in 0..50 {
-            match Self::spawn(self.dir.path(), self.port, self.durable) {
+            match Self::spawn(self.dir.path(), self.port, self.durable, &self.settings) {
                 Ok(p) => {
                     self.process = p;
                     return Ok(());
