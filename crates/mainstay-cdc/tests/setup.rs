@@ -55,7 +55,10 @@ async fn an_unknown_table_is_named_and_nothing_is_created() {
         ]))
         .await,
     );
-    assert!(err.contains("public.absent") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("public.absent") && err.contains("does not exist"),
+        "{err}"
+    );
     assert_eq!(created(&url).await, (0, 0), "nothing created");
 }
 
@@ -77,7 +80,10 @@ async fn a_missing_publication_with_autocreate_disabled_says_how_to_create_it() 
         )
         .await,
     );
-    assert!(err.contains("\"nopub\" does not exist") && err.contains("CREATE PUBLICATION"), "{err}");
+    assert!(
+        err.contains("\"nopub\" does not exist") && err.contains("CREATE PUBLICATION"),
+        "{err}"
+    );
     assert_eq!(created(&url).await, (0, 0));
 }
 
@@ -100,7 +106,10 @@ async fn a_user_without_replication_is_told_to_grant_it() {
         )
         .await,
     );
-    assert!(err.contains("REPLICATION") && err.contains(&format!("ALTER ROLE \"{role}\" REPLICATION")), "{err}");
+    assert!(
+        err.contains("REPLICATION") && err.contains(&format!("ALTER ROLE \"{role}\" REPLICATION")),
+        "{err}"
+    );
     assert_eq!(created(&url).await, (0, 0));
 }
 
@@ -154,7 +163,10 @@ async fn wal_level_replica_is_refused_with_the_setting_to_change() {
         )
         .await,
     );
-    assert!(err.contains("wal_level = replica") && err.contains("wal_level = logical"), "{err}");
+    assert!(
+        err.contains("wal_level = replica") && err.contains("wal_level = logical"),
+        "{err}"
+    );
     assert_eq!(created(&url).await, (0, 0));
 }
 
@@ -163,13 +175,24 @@ async fn an_unreachable_source_fails_at_the_connect_deadline_naming_it() {
     mainstay_core::connect::set_deadline(Duration::from_millis(800));
     let port = mainstay_testkit::free_port();
     let err = message(
-        run_once(CdcConfig::new("c", format!("postgres://postgres@127.0.0.1:{port}/db"))).await,
+        run_once(CdcConfig::new(
+            "c",
+            format!("postgres://postgres@127.0.0.1:{port}/db"),
+        ))
+        .await,
     );
-    assert!(err.contains(&format!("127.0.0.1:{port}")) && err.contains("connect deadline"), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("connect deadline"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn a_bad_slot_name_is_refused_before_connecting() {
-    let err = message(run_once(CdcConfig::new("c", "postgres://127.0.0.1:1/db").slot("Bad-Slot")).await);
-    assert!(err.contains("\"Bad-Slot\"") && err.contains("lowercase"), "{err}");
+    let err =
+        message(run_once(CdcConfig::new("c", "postgres://127.0.0.1:1/db").slot("Bad-Slot")).await);
+    assert!(
+        err.contains("\"Bad-Slot\"") && err.contains("lowercase"),
+        "{err}"
+    );
 }

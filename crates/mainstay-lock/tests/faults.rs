@@ -567,10 +567,18 @@ async fn lost_fires_before_expiry_redlock() {
     let ns = unique("lostrl").to_lowercase();
     let client = connect(BackendKind::Redlock, &through, &ns).await;
     let ttl = Duration::from_secs(3);
+    // Acquire with a wait, as the Redlock spec has clients do: a single attempt on a
+    // busy host can miss the 50 ms per-instance budget while the first connections are
+    // made (regression: NoQuorum { granted: 0 } on a loaded clean-clone run).
     let ka = client
         .keep_alive(
             client
-                .try_acquire("l", &AcquireOptions::ttl(ttl).owner("cut-off"))
+                .acquire(
+                    "l",
+                    &AcquireOptions::ttl(ttl)
+                        .owner("cut-off")
+                        .wait(Duration::from_secs(10)),
+                )
                 .await
                 .unwrap(),
         )

@@ -2,6 +2,7 @@
 //! `mainstay.toml`, and wires the library crates together; every behaviour lives in them.
 #![forbid(unsafe_code)]
 
+mod cdc;
 mod config;
 mod events;
 mod fence;
@@ -41,11 +42,14 @@ enum Command {
     /// The event store: append, read a stream or $all, tail $all.
     #[command(subcommand)]
     Events(events::EventsCommand),
+    /// Change data capture from PostgreSQL: snapshot + WAL streaming as Debezium JSON.
+    #[command(subcommand)]
+    Cdc(cdc::CdcCommand),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Serve(_)) {
+    let default_level = if matches!(cli.command, Command::Serve(_) | Command::Cdc(_)) {
         "info"
     } else {
         "warn"
@@ -75,6 +79,7 @@ fn main() -> std::process::ExitCode {
             Command::Saga(cmd) => saga::run(config, cmd).await,
             Command::Txn(cmd) => txn::run(config, cmd).await,
             Command::Events(cmd) => events::run(config, cmd).await,
+            Command::Cdc(cmd) => cdc::run(cmd).await,
         }
     });
     match result {

@@ -1,5 +1,6 @@
 //! Integration tests of the `mainstay` binary and its HTTP API (one test binary).
 
+mod cdc_crash;
 mod cli;
 mod common;
 mod events_crash;

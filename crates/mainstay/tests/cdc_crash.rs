@@ -1,0 +1,196 @@
+//! `mainstay cdc run` with a file sink, killed with SIGKILL 20 times (during the snapshot
+//! and while streaming) while 4 writers change the table, restarted each time: the file
+//! ends up holding the source table exactly, every streamed change once, in commit order.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+use crate::common::mainstay;
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+async fn writer(url: String, seed: u64, stop: Arc<AtomicBool>) {
+    let db = connect(&url).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // A steady load (about 250 statements/s per writer), not a flood: the test is about
+    // kill points, and the file must stay small enough to check often.
+    let mut pace = tokio::time::interval(Duration::from_millis(4));
+    while !stop.load(Ordering::Relaxed) {
+        pace.tick().await;
+        let id: i64 = rng.random_range(1..=25_000);
+        let sql = match rng.random_range(0..6) {
+            0..=2 => format!("UPDATE accounts SET balance = balance + 1 WHERE id = {id}"),
+            3 => format!("DELETE FROM accounts WHERE id = {id}"),
+            _ => format!(
+                "INSERT INTO accounts VALUES ({id}, 7) ON CONFLICT (id) DO UPDATE SET balance = accounts.balance * 2"
+            ),
+        };
+        db.batch_execute(&sql).await.unwrap();
+    }
+}
+
+fn lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("only whole lines"))
+        .collect()
+}
+
+/// Replays the file into table state. A snapshot cut short by a kill is started over at a
+/// new consistent point; its `first` row begins the state again.
+fn replay(events: &[Value]) -> BTreeMap<i64, Value> {
+    let mut state = BTreeMap::new();
+    for e in events {
+        if e["source"]["snapshot"] == "first" {
+            state.clear();
+        }
+        match e["op"].as_str().unwrap() {
+            "r" | "c" | "u" => {
+                state.insert(e["after"]["id"].as_i64().unwrap(), e["after"].clone());
+            }
+            "d" => {
+                state.remove(&e["before"]["id"].as_i64().unwrap());
+            }
+            other => panic!("unexpected op {other}"),
+        }
+    }
+    state
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_run_killed_20_times_leaves_the_file_equal_to_the_source() {
+    let url = mainstay_testkit::shared_postgres()
+        .database()
+        .await
+        .unwrap();
+    let db = connect(&url).await;
+    db.batch_execute(
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL);
+         INSERT INTO accounts SELECT g, g FROM generate_series(1, 20000) g;",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("accounts.ndjson");
+    let spawn = || {
+        let mut cmd = mainstay(dir.path());
+        cmd.args([
+            "cdc", "run", "--source", &url, "--table", "accounts", "--slot", "crash",
+        ])
+        .args(["--snapshot-fetch-size", "1000", "--heartbeat", "1s"])
+        .args(["--sink", &format!("file:{}", out.display())])
+        .args([
+            "--state-file",
+            &dir.path().join("state.json").display().to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+        mainstay_testkit::Process::spawn("mainstay cdc run", &mut cmd).unwrap()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|i| tokio::spawn(writer(url.clone(), i, stop.clone())))
+        .collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xcdc);
+    let mut during_snapshot = 0;
+    for life in 0..20 {
+        let mut child = spawn();
+        let size = || std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+        let before = size();
+        // Kill once the file grew by a random number of bytes (an event is ~300): inside
+        // the snapshot for the first lives, then at random points of the stream.
+        let grow = if life < 3 {
+            rng.random_range(30_000..4_000_000)
+        } else {
+            rng.random_range(5_000..400_000)
+        };
+        let snapshot_done =
+            |events: &[Value]| events.iter().any(|e| e["source"]["snapshot"] == "last");
+        mainstay_testkit::eventually(Duration::from_secs(60), "the file to grow", || {
+            let n = size();
+            async move { n >= before + grow }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("life {life}: {e} (exit: {:?})", child.try_exit_code()));
+        if !snapshot_done(&lines(&out)) {
+            during_snapshot += 1;
+        }
+        child.kill();
+        eprintln!("life {life}: killed after {} bytes", size() - before);
+    }
+    assert!(during_snapshot >= 1, "no kill landed inside the snapshot");
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    // The last life runs until the file equals the source, then stops cleanly.
+    let rows = db
+        .query("SELECT id, balance FROM accounts", &[])
+        .await
+        .unwrap();
+    let expected: BTreeMap<i64, Value> = rows
+        .iter()
+        .map(|r| {
+            let id: i64 = r.get(0);
+            let balance: i64 = r.get(1);
+            (id, serde_json::json!({"id": id, "balance": balance}))
+        })
+        .collect();
+    let mut last = spawn();
+    mainstay_testkit::eventually(
+        Duration::from_secs(60),
+        "the file to equal the source",
+        || {
+            let equal = replay(&lines(&out)) == expected;
+            async move { equal }
+        },
+    )
+    .await
+    .unwrap();
+    last.terminate(Duration::from_secs(10));
+    let events = lines(&out);
+    // After the last snapshot began, every event follows the one before it (commit
+    // order), and no change is there twice.
+    let start = events
+        .iter()
+        .rposition(|e| e["source"]["snapshot"] == "first")
+        .expect("a snapshot");
+    let mut previous: Option<(u64, u64, i64)> = None;
+    let mut seen = std::collections::HashSet::new();
+    for e in &events[start..] {
+        let seq: Vec<String> =
+            serde_json::from_str(e["source"]["sequence"].as_str().unwrap()).unwrap();
+        let commit: u64 = seq[0].parse().unwrap();
+        let lsn: u64 = seq[1].parse().unwrap();
+        if e["op"] != "r" {
+            assert!(
+                seen.insert((commit, lsn)),
+                "change at {commit}/{lsn} is in the file twice"
+            );
+            if let Some((pc, pl, _)) = previous {
+                assert!(
+                    (commit, lsn) > (pc, pl),
+                    "out of commit order: {pc}/{pl} then {commit}/{lsn}"
+                );
+            }
+            previous = Some((commit, lsn, 0));
+        }
+    }
+    eprintln!(
+        "{} events in the file, {} after the last snapshot began; {during_snapshot} kills inside a snapshot",
+        events.len(),
+        events.len() - start
+    );
+}
