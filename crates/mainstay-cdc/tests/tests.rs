@@ -6,3 +6,4 @@ mod consistency;
 mod envelope;
 mod restart;
 mod setup;
+mod slot;

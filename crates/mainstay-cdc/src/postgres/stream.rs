@@ -32,7 +32,7 @@ struct Transaction {
 }
 
 struct Relation {
-    table: Table,
+    table: Arc<Table>,
     captured: bool,
 }
 
@@ -276,19 +276,19 @@ impl Decoder {
         self.relations.insert(
             relation_id,
             Relation {
-                table: Table {
+                table: Arc::new(Table {
                     schema: name.schema.into(),
                     name: name.table.into(),
                     columns: cols,
                     key,
-                },
+                }),
                 captured,
             },
         );
         Ok(())
     }
 
-    fn captured(&self, relation_id: u32) -> Result<Option<Table>, CdcError> {
+    fn captured(&self, relation_id: u32) -> Result<Option<Arc<Table>>, CdcError> {
         match self.relations.get(&relation_id) {
             Some(r) if r.captured => Ok(Some(r.table.clone())),
             Some(_) => Ok(None),
