@@ -33,5 +33,7 @@ pub use config::{CdcConfig, PublicationAutocreate, SnapshotMode, TableName};
 pub use connector::{Connector, RunSummary};
 pub use error::CdcError;
 pub use event::{ChangeEvent, Op, Position, Row};
+#[cfg(feature = "nats")]
+pub use sink::jetstream::JetStreamSink;
 pub use sink::{FileSink, NullSink, Sink, StdoutSink};
 pub use status::{slot_status, SlotStatus};

@@ -6,6 +6,9 @@
 //! is effectively exactly-once: the connector drops what the sink already holds before
 //! handing it a batch.
 
+#[cfg(feature = "nats")]
+pub mod jetstream;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 

@@ -4,6 +4,8 @@
 mod common;
 mod consistency;
 mod envelope;
+#[cfg(feature = "nats")]
+mod jetstream;
 mod restart;
 mod setup;
 mod slot;

@@ -13,7 +13,7 @@ use mainstay_cdc::{
 pub(crate) enum CdcCommand {
     /// Snapshot the tables, then stream their changes as Debezium JSON to a sink until
     /// interrupted (SIGINT/SIGTERM stop cleanly, confirming what the sink holds).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// The replication slot: confirmed position, lag and retained WAL.
     Status {
         /// The source database (postgres:// URL).
@@ -51,9 +51,13 @@ pub(crate) struct RunArgs {
     /// initial, initial_only, no_data, when_needed or always.
     #[arg(long, default_value = "initial")]
     snapshot_mode: SnapshotMode,
-    /// stdout, null (encode and discard: benchmarks) or file:PATH (fsynced, exactly once).
+    /// stdout, null (encode and discard: benchmarks), file:PATH (fsynced, exactly once) or
+    /// jetstream:nats://HOST:PORT (subjects NAME.SCHEMA.TABLE, exactly once).
     #[arg(long, default_value = "stdout")]
     sink: String,
+    /// The JetStream stream for --sink jetstream: (created if missing). Default: CDC_<NAME>.
+    #[arg(long)]
+    nats_stream: Option<String>,
     /// Where the connector records that its snapshot finished.
     #[arg(long)]
     state_file: Option<std::path::PathBuf>,
@@ -73,7 +77,7 @@ pub(crate) struct RunArgs {
 
 pub(crate) async fn run(cmd: CdcCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        CdcCommand::Run(args) => run_connector(args).await,
+        CdcCommand::Run(args) => run_connector(*args).await,
         CdcCommand::Status { source, slot } => {
             let status = mainstay_cdc::slot_status(&source, &slot).await?;
             match status {
@@ -124,10 +128,26 @@ async fn run_connector(args: RunArgs) -> anyhow::Result<ExitCode> {
     let sink: Box<dyn Sink> = match args.sink.as_str() {
         "stdout" => Box::new(StdoutSink::new()),
         "null" => Box::new(NullSink::default()),
-        other => match other.strip_prefix("file:") {
-            Some(path) if !path.is_empty() => Box::new(FileSink::open(path)?),
-            _ => anyhow::bail!("--sink {other:?}: expected stdout, null or file:PATH"),
-        },
+        other => {
+            if let Some(path) = other.strip_prefix("file:").filter(|p| !p.is_empty()) {
+                Box::new(FileSink::open(path)?)
+            } else if let Some(url) = other.strip_prefix("jetstream:").filter(|u| !u.is_empty()) {
+                let stream = args.nats_stream.clone().unwrap_or_else(|| {
+                    format!(
+                        "CDC_{}",
+                        args.name.to_uppercase().replace(['.', ' ', '*', '>'], "_")
+                    )
+                });
+                Box::new(
+                    mainstay_cdc::JetStreamSink::connect(url, &stream, &args.name, &args.name)
+                        .await?,
+                )
+            } else {
+                anyhow::bail!(
+                    "--sink {other:?}: expected stdout, null, file:PATH or jetstream:nats://HOST:PORT"
+                )
+            }
+        }
     };
     let mut connector = Connector::new(config, sink);
     if let Some(path) = &args.state_file {
