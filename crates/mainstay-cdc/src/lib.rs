@@ -24,6 +24,7 @@ pub mod config;
 pub mod connector;
 pub mod error;
 pub mod event;
+pub mod outbox;
 mod postgres;
 pub mod sink;
 pub mod status;
@@ -33,6 +34,7 @@ pub use config::{CdcConfig, PublicationAutocreate, SnapshotMode, TableName};
 pub use connector::{Connector, RunSummary};
 pub use error::CdcError;
 pub use event::{ChangeEvent, Op, Position, Row};
+pub use outbox::{OutboxEvent, OutboxRouter};
 #[cfg(feature = "nats")]
 pub use sink::jetstream::JetStreamSink;
 pub use sink::{FileSink, NullSink, Sink, StdoutSink};

@@ -233,3 +233,36 @@ pub async fn wait_streaming(url: &str, slot: &str) {
     .await
     .unwrap();
 }
+
+/// Passes the first `room` events to `inner`, then fails once (a crash mid-batch).
+pub struct FailAfter {
+    pub inner: Box<dyn Sink>,
+    pub room: Option<usize>,
+}
+
+#[async_trait]
+impl Sink for FailAfter {
+    fn name(&self) -> &str {
+        "failing"
+    }
+    async fn last_position(&mut self) -> Result<Option<Position>, CdcError> {
+        self.inner.last_position().await
+    }
+    async fn write(&mut self, events: &[ChangeEvent]) -> Result<(), CdcError> {
+        match self.room {
+            Some(room) if room < events.len() => {
+                self.inner.write(&events[..room]).await?;
+                self.room = None;
+                Err(CdcError::Sink {
+                    sink: "failing".into(),
+                    message: "injected failure".into(),
+                })
+            }
+            Some(room) => {
+                self.room = Some(room - events.len());
+                self.inner.write(events).await
+            }
+            None => self.inner.write(events).await,
+        }
+    }
+}

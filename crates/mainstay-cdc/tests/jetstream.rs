@@ -2,43 +2,9 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
-use mainstay_cdc::{CdcConfig, CdcError, ChangeEvent, JetStreamSink, Position, Sink, TableName};
+use mainstay_cdc::{CdcConfig, JetStreamSink, Position, TableName};
 
 use crate::common::*;
-
-/// Passes the first `room` events to the JetStream sink, then fails (a crash mid-batch).
-struct FailAfter {
-    inner: JetStreamSink,
-    room: Option<usize>,
-}
-
-#[async_trait]
-impl Sink for FailAfter {
-    fn name(&self) -> &str {
-        "jetstream-failing"
-    }
-    async fn last_position(&mut self) -> Result<Option<Position>, CdcError> {
-        self.inner.last_position().await
-    }
-    async fn write(&mut self, events: &[ChangeEvent]) -> Result<(), CdcError> {
-        match self.room {
-            Some(room) if room < events.len() => {
-                self.inner.write(&events[..room]).await?;
-                self.room = None;
-                Err(CdcError::Sink {
-                    sink: "jetstream".into(),
-                    message: "injected failure".into(),
-                })
-            }
-            Some(room) => {
-                self.room = Some(room - events.len());
-                self.inner.write(events).await
-            }
-            None => self.inner.write(events).await,
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_holds_every_event_once_across_failures() {
@@ -66,9 +32,11 @@ async fn jetstream_holds_every_event_once_across_failures() {
     // that transaction.
     for (life, room) in [(0, 950), (1, 2300), (2, 400)] {
         let sink = FailAfter {
-            inner: JetStreamSink::connect(&nats, &stream, &name, &name)
-                .await
-                .unwrap(),
+            inner: Box::new(
+                JetStreamSink::connect(&nats, &stream, &name, &name)
+                    .await
+                    .unwrap(),
+            ),
             room: Some(room),
         };
         let running = start(config.clone(), Box::new(sink), &state);

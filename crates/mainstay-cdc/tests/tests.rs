@@ -6,6 +6,8 @@ mod consistency;
 mod envelope;
 #[cfg(feature = "nats")]
 mod jetstream;
+#[cfg(feature = "nats")]
+mod outbox;
 mod restart;
 mod setup;
 mod slot;

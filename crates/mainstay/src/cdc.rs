@@ -58,6 +58,10 @@ pub(crate) struct RunArgs {
     /// The JetStream stream for --sink jetstream: (created if missing). Default: CDC_<NAME>.
     #[arg(long)]
     nats_stream: Option<String>,
+    /// With --sink jetstream:, route this outbox table's inserts as Debezium's outbox
+    /// router does (subject outbox.event.<aggregatetype>, body = payload, Nats-Msg-Id = id).
+    #[arg(long)]
+    outbox_table: Option<String>,
     /// Where the connector records that its snapshot finished.
     #[arg(long)]
     state_file: Option<std::path::PathBuf>,
@@ -124,6 +128,11 @@ async fn run_connector(args: RunArgs) -> anyhow::Result<ExitCode> {
         .drop_slot_on_stop(args.drop_slot_on_stop);
     if let Some(mode) = args.publication_autocreate {
         config = config.publication_autocreate(mode);
+    }
+    if args.outbox_table.is_some() && !args.sink.starts_with("jetstream:") {
+        anyhow::bail!(
+            "--outbox-table routes outbox events to a bus: it needs --sink jetstream:nats://…"
+        );
     }
     let sink: Box<dyn Sink> = match args.sink.as_str() {
         "stdout" => Box::new(StdoutSink::new()),

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use super::Sink;
 use crate::error::CdcError;
 use crate::event::{now_us, ChangeEvent, Position};
+use crate::outbox::OutboxRouter;
 
 /// The header holding an event's position: `commit_lsn/lsn/index/s` (snapshot) or `/c`.
 pub const POSITION_HEADER: &str = "Mainstay-Position";
@@ -27,7 +28,13 @@ pub struct JetStreamSink {
     connector: String,
     /// The stream's last sequence as this sink knows it.
     last_sequence: u64,
+    outbox: Option<OutboxRouter>,
 }
+
+/// The header carrying an outbox event's aggregate id (its message key).
+pub const AGGREGATE_ID_HEADER: &str = "Mainstay-Aggregate-Id";
+/// The header carrying an outbox event's type.
+pub const EVENT_TYPE_HEADER: &str = "Mainstay-Event-Type";
 
 fn sink_err(e: impl std::fmt::Display) -> CdcError {
     CdcError::Sink {
@@ -86,6 +93,20 @@ impl JetStreamSink {
         prefix: &str,
         connector: &str,
     ) -> Result<JetStreamSink, CdcError> {
+        Self::connect_with_outbox(url, stream, prefix, connector, None).await
+    }
+
+    /// As [`JetStreamSink::connect`], routing the outbox table's inserts as outbox events
+    /// (subject `<route_prefix>.<aggregatetype>`, body the payload, `Nats-Msg-Id` the
+    /// event id, the aggregate id and type in headers) instead of change envelopes; the
+    /// stream then also takes `<route_prefix>.>`.
+    pub async fn connect_with_outbox(
+        url: &str,
+        stream: &str,
+        prefix: &str,
+        connector: &str,
+        outbox: Option<OutboxRouter>,
+    ) -> Result<JetStreamSink, CdcError> {
         if stream.is_empty() || stream.contains(['.', ' ', '*', '>']) {
             return Err(CdcError::Config(format!(
                 "JetStream stream name {stream:?} must be non-empty, without '.', spaces or wildcards"
@@ -104,7 +125,9 @@ impl JetStreamSink {
         let mut s = js
             .get_or_create_stream(jetstream::stream::Config {
                 name: stream.to_string(),
-                subjects: vec![format!("{prefix}.>")],
+                subjects: std::iter::once(format!("{prefix}.>"))
+                    .chain(outbox.iter().map(|o| format!("{}.>", o.route_prefix)))
+                    .collect(),
                 ..Default::default()
             })
             .await
@@ -116,6 +139,7 @@ impl JetStreamSink {
             prefix,
             connector: connector.to_string(),
             last_sequence,
+            outbox,
         })
     }
 
@@ -164,24 +188,54 @@ impl Sink for JetStreamSink {
     async fn write(&mut self, events: &[ChangeEvent]) -> Result<(), CdcError> {
         let now = now_us();
         let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(events.len());
-        for (expected, event) in (self.last_sequence..).zip(events) {
-            let payload = serde_json::to_vec(&event.envelope(now))
-                .map_err(|e| CdcError::Decode(format!("encoding an event: {e}")))?;
-            let message = PublishMessage::build()
-                .payload(payload.into())
-                .message_id(format!(
-                    "{}:{}",
-                    self.connector,
-                    event.position.dedupe_key()
-                ))
-                .header(POSITION_HEADER, format_position(&event.position).as_str())
+        let mut expected = self.last_sequence;
+        for event in events {
+            let routed = match &self.outbox {
+                Some(router) if router.owns(event) => {
+                    match router.route(event).map_err(sink_err)? {
+                        Some(outbox) => Some(outbox),
+                        // Updates and deletes of outbox rows route nothing.
+                        None => continue,
+                    }
+                }
+                _ => None,
+            };
+            let position = format_position(&event.position);
+            let (subject, message) = match routed {
+                Some(outbox) => {
+                    let mut message = PublishMessage::build()
+                        .payload(outbox.payload.into())
+                        .message_id(&outbox.id)
+                        .header(AGGREGATE_ID_HEADER, outbox.key.as_str());
+                    if let Some(t) = &outbox.event_type {
+                        message = message.header(EVENT_TYPE_HEADER, t.as_str());
+                    }
+                    (outbox.destination, message)
+                }
+                None => {
+                    let payload = serde_json::to_vec(&event.envelope(now))
+                        .map_err(|e| CdcError::Decode(format!("encoding an event: {e}")))?;
+                    let message =
+                        PublishMessage::build()
+                            .payload(payload.into())
+                            .message_id(format!(
+                                "{}:{}",
+                                self.connector,
+                                event.position.dedupe_key()
+                            ));
+                    (self.subject(event), message)
+                }
+            };
+            let message = message
+                .header(POSITION_HEADER, position.as_str())
                 .expected_last_sequence(expected);
             acks.push(
                 self.js
-                    .send_publish(self.subject(event), message)
+                    .send_publish(subject, message)
                     .await
                     .map_err(sink_err)?,
             );
+            expected += 1;
         }
         for ack in acks {
             let ack = ack.await.map_err(sink_err)?;
