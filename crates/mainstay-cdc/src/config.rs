@@ -46,6 +46,51 @@ impl std::fmt::Display for TableName {
     }
 }
 
+/// `schema.table.column`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ColumnName {
+    /// The schema.
+    pub schema: String,
+    /// The table.
+    pub table: String,
+    /// The column.
+    pub column: String,
+}
+
+impl ColumnName {
+    /// Parses `schema.table.column` or `table.column` (schema `public`).
+    pub fn parse(text: &str) -> Result<ColumnName, CdcError> {
+        let parts: Vec<&str> = text.split('.').collect();
+        let (schema, table, column) = match parts.as_slice() {
+            [t, c] => ("public", *t, *c),
+            [s, t, c] => (*s, *t, *c),
+            _ => {
+                return Err(CdcError::Config(format!(
+                    "column name {text:?} is not SCHEMA.TABLE.COLUMN"
+                )))
+            }
+        };
+        if [schema, table, column].iter().any(|p| p.is_empty()) {
+            return Err(CdcError::Config(format!(
+                "column name {text:?} is not SCHEMA.TABLE.COLUMN"
+            )));
+        }
+        Ok(ColumnName {
+            schema: schema.into(),
+            table: table.into(),
+            column: column.into(),
+        })
+    }
+}
+
+/// What a column rule does to a column's value in row images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ColumnPolicy {
+    Keep,
+    Exclude,
+    Mask(usize),
+}
+
 /// When the connector reads the tables' current rows (Debezium's `snapshot.mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SnapshotMode {
@@ -127,6 +172,8 @@ pub struct CdcConfig {
     pub(crate) publication_autocreate: PublicationAutocreate,
     pub(crate) tables: Vec<TableName>,
     pub(crate) exclude_tables: Vec<TableName>,
+    pub(crate) exclude_columns: Vec<ColumnName>,
+    pub(crate) mask_columns: Vec<(ColumnName, usize)>,
     pub(crate) snapshot_mode: SnapshotMode,
     pub(crate) snapshot_fetch_size: usize,
     pub(crate) heartbeat_interval: Option<Duration>,
@@ -149,6 +196,8 @@ impl CdcConfig {
             publication_autocreate: PublicationAutocreate::AllTables,
             tables: Vec::new(),
             exclude_tables: Vec::new(),
+            exclude_columns: Vec::new(),
+            mask_columns: Vec::new(),
             snapshot_mode: SnapshotMode::Initial,
             snapshot_fetch_size: 4096,
             heartbeat_interval: Some(Duration::from_secs(10)),
@@ -193,6 +242,33 @@ impl CdcConfig {
     pub fn exclude_tables(mut self, tables: Vec<TableName>) -> Self {
         self.exclude_tables = tables;
         self
+    }
+
+    /// Leave these columns out of `before` and `after` (Debezium's
+    /// `column.exclude.list`). Primary-key columns stay in the record key. Default: none.
+    pub fn exclude_columns(mut self, columns: Vec<ColumnName>) -> Self {
+        self.exclude_columns = columns;
+        self
+    }
+
+    /// Replace these columns' non-null values with `chars` asterisks (Debezium's
+    /// `column.mask.with.N.chars`). Default: none.
+    pub fn mask_columns(mut self, columns: Vec<ColumnName>, chars: usize) -> Self {
+        self.mask_columns
+            .extend(columns.into_iter().map(|c| (c, chars)));
+        self
+    }
+
+    /// What happens to `column` of `table` in row images.
+    pub(crate) fn column_policy(&self, schema: &str, table: &str, column: &str) -> ColumnPolicy {
+        let matches = |c: &ColumnName| c.schema == schema && c.table == table && c.column == column;
+        if self.exclude_columns.iter().any(matches) {
+            return ColumnPolicy::Exclude;
+        }
+        match self.mask_columns.iter().find(|(c, _)| matches(c)) {
+            Some((_, chars)) => ColumnPolicy::Mask(*chars),
+            None => ColumnPolicy::Keep,
+        }
     }
 
     /// When to snapshot. Default: `Initial`.

@@ -276,6 +276,7 @@ impl Connector {
                 fetch_size: config.snapshot_fetch_size,
                 decimals: config.decimal_handling,
                 source: source.clone(),
+                config: &config,
             };
             let stats = run.run(&mut delivery).await?;
             summary.snapshot_rows = stats.rows;
@@ -330,10 +331,10 @@ impl Connector {
         };
         repl.stop();
         let _ = repl.shutdown().await;
+        // A clean stop returns with the slot released. The worker sends no final status
+        // on stop: persist the last confirmed position then, so nothing is sent twice.
+        advance_slot(&client, &config.slot, confirmed).await;
         if let Some(lsn) = confirmed {
-            // The worker sends no final status on stop: persist the last confirmed position
-            // with the slot released, so a clean stop sends nothing twice.
-            advance_slot(&client, &config.slot, lsn).await;
             summary.confirmed_lsn = Some(format_lsn(lsn));
         }
         if config.drop_slot_on_stop {
@@ -473,33 +474,31 @@ async fn stream(
     }
 }
 
-/// Moves the released slot's confirmed position to `lsn` (best effort, bounded wait for
-/// the walsender to let go).
-async fn advance_slot(client: &tokio_postgres::Client, slot: &str, lsn: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+/// Waits (bounded) for the walsender to let the slot go — a clean stop returns with the
+/// slot free for the next run — then moves its confirmed position to `lsn` (best effort:
+/// a position the server already has is left as it is).
+async fn advance_slot(client: &tokio_postgres::Client, slot: &str, lsn: Option<u64>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let result = client
-            .execute(
-                "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
-                &[&slot, &format_lsn(lsn)],
-            )
-            .await;
-        match result {
-            Ok(_) => return,
-            Err(e)
-                if e.as_db_error().is_some_and(|d| d.code().code() == "55006")
-                    && tokio::time::Instant::now() < deadline =>
-            {
+        match postgres::slot_row(client, slot).await {
+            Ok(Some(row)) if row.active_pid.is_some() && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            Err(e) => {
-                tracing::debug!(
-                    "advancing slot {slot} to {}: {}",
-                    format_lsn(lsn),
-                    db_message(&e)
-                );
-                return;
-            }
+            _ => break,
         }
+    }
+    let Some(lsn) = lsn else { return };
+    if let Err(e) = client
+        .execute(
+            "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+            &[&slot, &format_lsn(lsn)],
+        )
+        .await
+    {
+        tracing::debug!(
+            "advancing slot {slot} to {}: {}",
+            format_lsn(lsn),
+            db_message(&e)
+        );
     }
 }

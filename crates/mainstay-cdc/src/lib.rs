@@ -30,7 +30,7 @@ pub mod sink;
 pub mod status;
 pub mod types;
 
-pub use config::{CdcConfig, PublicationAutocreate, SnapshotMode, TableName};
+pub use config::{CdcConfig, ColumnName, PublicationAutocreate, SnapshotMode, TableName};
 pub use connector::{Connector, RunSummary};
 pub use error::CdcError;
 pub use event::{ChangeEvent, Op, Position, Row};

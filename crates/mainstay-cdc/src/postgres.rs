@@ -136,6 +136,7 @@ pub(crate) fn quote_literal(text: &str) -> String {
 pub(crate) struct Column {
     pub(crate) name: Arc<str>,
     pub(crate) kind: ValueKind,
+    pub(crate) policy: crate::config::ColumnPolicy,
 }
 
 /// A captured table's shape, as the catalog or the latest pgoutput Relation message says.
@@ -263,6 +264,7 @@ impl Catalog {
             columns.push(Column {
                 name: name.into(),
                 kind: self.kind(client, type_oid as u32, typmod).await?,
+                policy: crate::config::ColumnPolicy::Keep,
             });
         }
         let pk = Self::primary_key(client, oid).await?;
@@ -276,6 +278,35 @@ impl Catalog {
                 key,
             },
         )))
+    }
+}
+
+impl Table {
+    /// Sets each column's policy from the configuration's column rules.
+    pub(crate) fn apply_rules(&mut self, config: &CdcConfig) {
+        for column in &mut self.columns {
+            column.policy = config.column_policy(&self.schema, &self.name, &column.name);
+        }
+    }
+
+    /// A full row image as the sink sees it: excluded columns dropped, masked ones masked.
+    pub(crate) fn image(&self, row: crate::event::Row) -> crate::event::Row {
+        use crate::config::ColumnPolicy;
+        if self.columns.iter().all(|c| c.policy == ColumnPolicy::Keep) {
+            return row;
+        }
+        crate::event::Row(
+            row.0
+                .into_iter()
+                .zip(&self.columns)
+                .filter_map(|((name, value), column)| match column.policy {
+                    ColumnPolicy::Keep => Some((name, value)),
+                    ColumnPolicy::Exclude => None,
+                    ColumnPolicy::Mask(_) if value.is_null() => Some((name, value)),
+                    ColumnPolicy::Mask(n) => Some((name, serde_json::Value::String("*".repeat(n)))),
+                })
+                .collect(),
+        )
     }
 }
 

@@ -144,7 +144,21 @@ impl Running {
     }
 }
 
+/// Logs to the test's output when `MAINSTAY_TEST_LOG` is set (an env-filter directive).
+pub fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("MAINSTAY_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
 pub fn start(config: CdcConfig, sink: Box<dyn Sink>, state: &std::path::Path) -> Running {
+    init_logging();
     let (tx, rx) = oneshot::channel::<()>();
     let connector = Connector::new(config, sink).state_file(state);
     let task = tokio::spawn(connector.run(async move {
@@ -217,18 +231,22 @@ pub fn assert_in_source_order(events: &[ChangeEvent]) {
     }
 }
 
-/// Waits until a connector streams from `slot` (its snapshot, if any, is done).
+/// Waits until a connector streams from `slot`: its walsender has started replication
+/// (`pg_stat_replication` says catchup or streaming). The slot alone being active is not
+/// enough — it is active while it is being created, before its consistent point, and a
+/// change committed then belongs to the snapshot, not the stream.
 pub async fn wait_streaming(url: &str, slot: &str) {
-    mainstay_testkit::eventually(Duration::from_secs(30), "the slot to be active", || {
-        let url = url.to_string();
-        let slot = slot.to_string();
-        async move {
-            mainstay_cdc::slot_status(&url, &slot)
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|s| s.active)
-        }
+    let db = client(url).await;
+    let db = &db;
+    mainstay_testkit::eventually(Duration::from_secs(30), "the connector to stream", || async move {
+        db.query_opt(
+            "SELECT r.state FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid \
+             WHERE s.slot_name = $1 AND r.state IN ('catchup', 'streaming')",
+            &[&slot],
+        )
+        .await
+        .map(|row| row.is_some())
+        .unwrap_or(false)
     })
     .await
     .unwrap();

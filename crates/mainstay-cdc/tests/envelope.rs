@@ -237,3 +237,59 @@ async fn types_toast_and_a_column_added_mid_stream() {
     assert_eq!(added["extra"], json!("added"));
     assert_eq!(added["id"], json!(2));
 }
+
+#[tokio::test]
+async fn a_primary_key_change_is_a_delete_and_a_create_and_column_rules_apply() {
+    let url = database().await;
+    let db = client(&url).await;
+    db.batch_execute(
+        "CREATE TABLE people (id int PRIMARY KEY, name text, ssn text, secret text);
+         INSERT INTO people VALUES (1, 'ann', '123-45', 'hunter2');",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let received = Received::default();
+    let config = CdcConfig::new("rules", &url)
+        .slot("rules")
+        .tables(vec![TableName::parse("people").unwrap()])
+        .exclude_columns(vec![mainstay_cdc::ColumnName::parse(
+            "public.people.secret",
+        )
+        .unwrap()])
+        .mask_columns(
+            vec![mainstay_cdc::ColumnName::parse("people.ssn").unwrap()],
+            4,
+        )
+        .drop_slot_on_stop(true);
+    let running = start(
+        config,
+        Box::new(MemorySink::new(&received)),
+        &dir.path().join("state"),
+    );
+    wait_streaming(&url, "rules").await;
+    db.batch_execute("UPDATE people SET id = 2 WHERE id = 1; UPDATE people SET ssn = NULL;")
+        .await
+        .unwrap();
+    received
+        .wait(Duration::from_secs(30), "four events", |e| e.len() >= 4)
+        .await;
+    running.stop().await.expect("clean stop");
+    let events = received.snapshot();
+    assert_in_source_order(&events);
+    let ops: Vec<&str> = events.iter().map(|e| e.op.code()).collect();
+    assert_eq!(ops, ["r", "d", "c", "u"]);
+    assert_eq!(
+        envelope(&events[0])["after"],
+        json!({"id": 1, "name": "ann", "ssn": "****"})
+    );
+    assert_eq!(events[1].key.as_ref().unwrap().to_value(), json!({"id": 1}));
+    assert_eq!(envelope(&events[1])["before"]["id"], json!(1));
+    assert_eq!(events[2].key.as_ref().unwrap().to_value(), json!({"id": 2}));
+    assert_eq!(
+        envelope(&events[2])["after"],
+        json!({"id": 2, "name": "ann", "ssn": "****"})
+    );
+    // A masked NULL stays NULL.
+    assert_eq!(envelope(&events[3])["after"]["ssn"], Value::Null);
+}

@@ -34,6 +34,7 @@ pub(crate) struct SnapshotRun<'a> {
     pub(crate) fetch_size: usize,
     pub(crate) decimals: DecimalHandling,
     pub(crate) source: Arc<SourceInfo>,
+    pub(crate) config: &'a crate::config::CdcConfig,
 }
 
 impl SnapshotRun<'_> {
@@ -61,13 +62,14 @@ impl SnapshotRun<'_> {
         // or the whole snapshot (Debezium's last_in_data_collection / last markers).
         let mut held: Option<ChangeEvent> = None;
         for (t, name) in self.tables.iter().enumerate() {
-            let Some((_, table)) = catalog
+            let Some((_, mut table)) = catalog
                 .table(&client, name)
                 .await
                 .map_err(|e| err(&format!("reading the shape of {name}"), e))?
             else {
                 return Err(CdcError::Config(format!("table {name} does not exist")));
             };
+            table.apply_rules(self.config);
             stats.tables += 1;
             let columns = table
                 .columns
@@ -171,13 +173,14 @@ impl SnapshotRun<'_> {
             values.push((column.name.clone(), value));
         }
         let after = Row(values);
+        let key = key_of(table, &after);
         Ok(ChangeEvent {
             op: Op::Read,
             schema: table.schema.clone(),
             table: table.name.clone(),
-            key: key_of(table, &after),
+            key,
             before: None,
-            after: Some(after),
+            after: Some(table.image(after)),
             message: None,
             position: Position {
                 commit_lsn: self.consistent_point,

@@ -188,6 +188,14 @@ impl Decoder {
                 // An unchanged TOASTed value is absent from the new tuple; with REPLICA
                 // IDENTITY FULL the old tuple has it.
                 let after = self.row(&table, &new_tuple, old_tuple.as_ref())?;
+                // A changed primary key is Debezium's delete of the old key and create of
+                // the new one, so a consumer keyed by the primary key drops the old row.
+                let old_key = before.as_ref().and_then(|b| key_of(&table, b));
+                if old_key.is_some() && old_key != key_of(&table, &after) {
+                    let delete = self.event(lsn, Op::Delete, &table, before, None);
+                    let create = self.event(lsn, Op::Create, &table, None, Some(after));
+                    return Ok(vec![delete, create]);
+                }
                 Ok(vec![self.event(
                     lsn,
                     Op::Update,
@@ -261,6 +269,9 @@ impl Decoder {
             cols.push(Column {
                 name: c.name.clone(),
                 kind,
+                policy: self
+                    .config
+                    .column_policy(&name.schema, &name.table, &c.name),
             });
         }
         let pk = if captured {
@@ -374,6 +385,8 @@ impl Decoder {
                 .and_then(|row| key_of(table, row)),
         };
         // A delete's key comes from its before image (the replica identity's columns).
+        let before = before.map(|r| table.image(r));
+        let after = after.map(|r| table.image(r));
         ChangeEvent {
             op,
             schema: table.schema.clone(),
