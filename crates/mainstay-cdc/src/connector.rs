@@ -5,7 +5,7 @@
 //! in commit order, each transaction's changes in their order; the slot's confirmed
 //! position never passes what the sink holds, so a crash at any point loses nothing.
 //! Limits: a sink that cannot report its position sees the unconfirmed tail again after a
-//! crash (duplicates, same [`Position`](crate::Position)); the connector's own record of a
+//! crash (duplicates, same [`Position`]); the connector's own record of a
 //! finished snapshot lives in a local state file (not shared between hosts yet).
 
 use std::future::Future;

@@ -55,11 +55,11 @@ pub(crate) struct RunArgs {
     /// jetstream:nats://HOST:PORT (subjects NAME.SCHEMA.TABLE, exactly once).
     #[arg(long, default_value = "stdout")]
     sink: String,
-    /// The JetStream stream for --sink jetstream: (created if missing). Default: CDC_<NAME>.
+    /// The JetStream stream for --sink jetstream: (created if missing). Default: `CDC_<NAME>`.
     #[arg(long)]
     nats_stream: Option<String>,
     /// With --sink jetstream:, route this outbox table's inserts as Debezium's outbox
-    /// router does (subject outbox.event.<aggregatetype>, body = payload, Nats-Msg-Id = id).
+    /// router does (subject `outbox.event.<aggregatetype>`, body = payload, Nats-Msg-Id = id).
     #[arg(long)]
     outbox_table: Option<String>,
     /// Where the connector records that its snapshot finished.
