@@ -25,20 +25,43 @@ pub(crate) enum CdcCommand {
     },
 }
 
+/// `[cdc]` in `mainstay.toml`: the same settings as `mainstay cdc run`'s flags (which win).
+#[derive(serde::Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CdcFile {
+    source: Option<String>,
+    name: Option<String>,
+    slot: Option<String>,
+    publication: Option<String>,
+    publication_autocreate: Option<String>,
+    #[serde(default)]
+    tables: Vec<String>,
+    #[serde(default)]
+    exclude_tables: Vec<String>,
+    snapshot_mode: Option<String>,
+    sink: Option<String>,
+    state_file: Option<std::path::PathBuf>,
+    heartbeat: Option<String>,
+    decimal_handling: Option<String>,
+    nats_stream: Option<String>,
+    outbox_table: Option<String>,
+}
+
 #[derive(clap::Args, Debug)]
 pub(crate) struct RunArgs {
-    /// The source database (postgres:// URL); its user needs REPLICATION.
+    /// The source database (postgres:// URL); its user needs REPLICATION. Or `[cdc] source`.
     #[arg(long, env = "MAINSTAY_CDC_SOURCE")]
-    source: String,
-    /// The connector's logical name (`source.name` in every event).
-    #[arg(long, default_value = "mainstay")]
-    name: String,
+    source: Option<String>,
+    /// The connector's logical name (`source.name` in every event). Default: mainstay.
+    #[arg(long)]
+    name: Option<String>,
     /// The replication slot (created if missing, never dropped unless --drop-slot-on-stop).
-    #[arg(long, default_value = "mainstay")]
-    slot: String,
-    /// The publication (created if missing, per --publication-autocreate).
-    #[arg(long, default_value = "mainstay")]
-    publication: String,
+    /// Default: mainstay.
+    #[arg(long)]
+    slot: Option<String>,
+    /// The publication (created if missing, per --publication-autocreate). Default: mainstay.
+    #[arg(long)]
+    publication: Option<String>,
     /// all_tables, filtered or disabled. Default: filtered with --table, else all_tables.
     #[arg(long)]
     publication_autocreate: Option<PublicationAutocreate>,
@@ -48,13 +71,13 @@ pub(crate) struct RunArgs {
     /// Never capture this table (repeatable).
     #[arg(long = "exclude-table")]
     exclude_tables: Vec<String>,
-    /// initial, initial_only, no_data, when_needed or always.
-    #[arg(long, default_value = "initial")]
-    snapshot_mode: SnapshotMode,
+    /// initial, initial_only, no_data, when_needed or always. Default: initial.
+    #[arg(long)]
+    snapshot_mode: Option<SnapshotMode>,
     /// stdout, null (encode and discard: benchmarks), file:PATH (fsynced, exactly once) or
-    /// jetstream:nats://HOST:PORT (subjects NAME.SCHEMA.TABLE, exactly once).
-    #[arg(long, default_value = "stdout")]
-    sink: String,
+    /// jetstream:nats://HOST:PORT (subjects NAME.SCHEMA.TABLE, exactly once). Default: stdout.
+    #[arg(long)]
+    sink: Option<String>,
     /// The JetStream stream for --sink jetstream: (created if missing). Default: `CDC_<NAME>`.
     #[arg(long)]
     nats_stream: Option<String>,
@@ -65,12 +88,12 @@ pub(crate) struct RunArgs {
     /// Where the connector records that its snapshot finished.
     #[arg(long)]
     state_file: Option<std::path::PathBuf>,
-    /// Heartbeat interval (e.g. 10s), or `off`.
-    #[arg(long, default_value = "10s")]
-    heartbeat: String,
-    /// precise (Debezium's default), double or string.
-    #[arg(long, default_value = "precise")]
-    decimal_handling: mainstay_cdc::types::DecimalHandling,
+    /// Heartbeat interval (e.g. 10s), or `off`. Default: 10s.
+    #[arg(long)]
+    heartbeat: Option<String>,
+    /// precise (Debezium's default), double or string. Default: precise.
+    #[arg(long)]
+    decimal_handling: Option<mainstay_cdc::types::DecimalHandling>,
     /// Rows per snapshot fetch.
     #[arg(long, default_value_t = 4096)]
     snapshot_fetch_size: usize,
@@ -79,9 +102,9 @@ pub(crate) struct RunArgs {
     drop_slot_on_stop: bool,
 }
 
-pub(crate) async fn run(cmd: CdcCommand) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(file: CdcFile, cmd: CdcCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        CdcCommand::Run(args) => run_connector(*args).await,
+        CdcCommand::Run(args) => run_connector(args.merged(file)?).await,
         CdcCommand::Status { source, slot } => {
             let status = mainstay_cdc::slot_status(&source, &slot).await?;
             match status {
@@ -98,7 +121,89 @@ pub(crate) async fn run(cmd: CdcCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn run_connector(args: RunArgs) -> anyhow::Result<ExitCode> {
+/// The settings after flags override `[cdc]`, and both override the defaults.
+struct Settings {
+    source: String,
+    name: String,
+    slot: String,
+    publication: String,
+    publication_autocreate: Option<PublicationAutocreate>,
+    tables: Vec<String>,
+    exclude_tables: Vec<String>,
+    snapshot_mode: SnapshotMode,
+    sink: String,
+    state_file: Option<std::path::PathBuf>,
+    heartbeat: String,
+    decimal_handling: mainstay_cdc::types::DecimalHandling,
+    snapshot_fetch_size: usize,
+    drop_slot_on_stop: bool,
+    nats_stream: Option<String>,
+    outbox_table: Option<String>,
+}
+
+impl RunArgs {
+    fn merged(self, file: CdcFile) -> anyhow::Result<Settings> {
+        let snapshot_mode = match self.snapshot_mode {
+            Some(m) => m,
+            None => match file.snapshot_mode {
+                Some(text) => text
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("[cdc] snapshot_mode: {e}"))?,
+                None => SnapshotMode::Initial,
+            },
+        };
+        let publication_autocreate = match self.publication_autocreate {
+            Some(m) => Some(m),
+            None => match file.publication_autocreate {
+                Some(text) => Some(
+                    text.parse()
+                        .map_err(|e| anyhow::anyhow!("[cdc] publication_autocreate: {e}"))?,
+                ),
+                None => None,
+            },
+        };
+        let decimal_handling = match self.decimal_handling {
+            Some(m) => m,
+            None => match file.decimal_handling {
+                Some(text) => text
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("[cdc] decimal_handling: {e}"))?,
+                None => Default::default(),
+            },
+        };
+        Ok(Settings {
+            source: self.source.or(file.source).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no source database: pass --source postgres://…, set MAINSTAY_CDC_SOURCE, or [cdc] source in mainstay.toml"
+                )
+            })?,
+            name: self.name.or(file.name).unwrap_or_else(|| "mainstay".into()),
+            slot: self.slot.or(file.slot).unwrap_or_else(|| "mainstay".into()),
+            publication: self
+                .publication
+                .or(file.publication)
+                .unwrap_or_else(|| "mainstay".into()),
+            publication_autocreate,
+            tables: if self.tables.is_empty() { file.tables } else { self.tables },
+            exclude_tables: if self.exclude_tables.is_empty() {
+                file.exclude_tables
+            } else {
+                self.exclude_tables
+            },
+            snapshot_mode,
+            sink: self.sink.or(file.sink).unwrap_or_else(|| "stdout".into()),
+            state_file: self.state_file.or(file.state_file),
+            heartbeat: self.heartbeat.or(file.heartbeat).unwrap_or_else(|| "10s".into()),
+            decimal_handling,
+            snapshot_fetch_size: self.snapshot_fetch_size,
+            drop_slot_on_stop: self.drop_slot_on_stop,
+            nats_stream: self.nats_stream.or(file.nats_stream),
+            outbox_table: self.outbox_table.or(file.outbox_table),
+        })
+    }
+}
+
+async fn run_connector(args: Settings) -> anyhow::Result<ExitCode> {
     let tables = args
         .tables
         .iter()

@@ -75,6 +75,8 @@ struct File {
     events: Option<BackendConfig>,
     #[serde(default)]
     postgres_resources: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    cdc: crate::cdc::CdcFile,
 }
 
 /// `[txn]`: where the saga and 2PC logs live, and which participants the server may call.
@@ -115,6 +117,8 @@ pub(crate) struct Config {
     pub(crate) max_wait: Option<String>,
     pub(crate) listen: Option<String>,
     pub(crate) token: Option<String>,
+    /// `[cdc]`: defaults for `mainstay cdc run` (flags win).
+    pub(crate) cdc: crate::cdc::CdcFile,
 }
 
 impl Config {
@@ -191,6 +195,7 @@ impl Config {
             postgres_resources.insert(name.trim().to_string(), url.trim().to_string());
         }
         Ok(Config {
+            cdc: file.cdc,
             txn,
             allowed_participants,
             events,

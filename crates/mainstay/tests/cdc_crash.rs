@@ -194,3 +194,93 @@ async fn cdc_run_killed_20_times_leaves_the_file_equal_to_the_source() {
         events.len() - start
     );
 }
+
+/// `[cdc]` in mainstay.toml configures `mainstay cdc run`; flags win; bad values and a
+/// missing source are named.
+#[tokio::test]
+async fn cdc_run_reads_its_config_section_and_names_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = mainstay(dir.path()).args(["cdc", "run"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--source") && err.contains("[cdc] source"),
+        "{err}"
+    );
+
+    std::fs::write(
+        dir.path().join("mainstay.toml"),
+        "[cdc]\nsource = \"postgres://127.0.0.1:1/x\"\nsnapshot_mode = \"sometimes\"\n",
+    )
+    .unwrap();
+    let out = mainstay(dir.path()).args(["cdc", "run"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("[cdc] snapshot_mode") && err.contains("sometimes"),
+        "{err}"
+    );
+
+    // The file's source and table, a real database: the connector runs from config alone
+    // (initial_only ends after the snapshot) and writes the table's rows to the file sink.
+    let url = mainstay_testkit::shared_postgres()
+        .database()
+        .await
+        .unwrap();
+    connect(&url)
+        .await
+        .batch_execute(
+            "CREATE TABLE conf (id int PRIMARY KEY); INSERT INTO conf VALUES (1), (2), (3);",
+        )
+        .await
+        .unwrap();
+    std::fs::write(
+        dir.path().join("mainstay.toml"),
+        format!(
+            "[cdc]\nsource = \"{url}\"\ntables = [\"public.conf\"]\nslot = \"from_config\"\n\
+             snapshot_mode = \"initial_only\"\nsink = \"file:conf.ndjson\"\n"
+        ),
+    )
+    .unwrap();
+    let out = mainstay(dir.path()).args(["cdc", "run"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines(&dir.path().join("conf.ndjson")).len(), 3);
+    // Flags override the file: another slot and sink.
+    let out = mainstay(dir.path())
+        .args([
+            "cdc",
+            "run",
+            "--slot",
+            "from_flag",
+            "--sink",
+            "file:flag.ndjson",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines(&dir.path().join("flag.ndjson")).len(), 3);
+    let db = connect(&url).await;
+    let slots: Vec<String> = db
+        .query(
+            "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name IN ('from_config', 'from_flag') ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(slots, ["from_config", "from_flag"]);
+    db.batch_execute(
+        "SELECT pg_drop_replication_slot('from_config'); SELECT pg_drop_replication_slot('from_flag');",
+    )
+    .await
+    .unwrap();
+}
