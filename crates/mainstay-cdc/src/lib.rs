@@ -35,6 +35,8 @@ pub use connector::{Connector, RunSummary};
 pub use error::CdcError;
 pub use event::{ChangeEvent, Op, Position, Row};
 pub use outbox::{OutboxEvent, OutboxRouter};
+#[cfg(feature = "eventstore")]
+pub use sink::eventstore::EventStoreSink;
 #[cfg(feature = "nats")]
 pub use sink::jetstream::JetStreamSink;
 pub use sink::{FileSink, NullSink, Sink, StdoutSink};

@@ -6,6 +6,8 @@
 //! is effectively exactly-once: the connector drops what the sink already holds before
 //! handing it a batch.
 
+#[cfg(feature = "eventstore")]
+pub mod eventstore;
 #[cfg(feature = "nats")]
 pub mod jetstream;
 

@@ -4,6 +4,8 @@
 mod common;
 mod consistency;
 mod envelope;
+#[cfg(feature = "eventstore")]
+mod eventstore;
 #[cfg(feature = "nats")]
 mod jetstream;
 #[cfg(feature = "nats")]

@@ -74,8 +74,9 @@ pub(crate) struct RunArgs {
     /// initial, initial_only, no_data, when_needed or always. Default: initial.
     #[arg(long)]
     snapshot_mode: Option<SnapshotMode>,
-    /// stdout, null (encode and discard: benchmarks), file:PATH (fsynced, exactly once) or
-    /// jetstream:nats://HOST:PORT (subjects NAME.SCHEMA.TABLE, exactly once). Default: stdout.
+    /// stdout, null (encode and discard: benchmarks), file:PATH (fsynced, exactly once),
+    /// jetstream:nats://HOST:PORT (subjects NAME.SCHEMA.TABLE, exactly once) or events (the
+    /// event store `[events]` configures; a stream per row, exactly once). Default: stdout.
     #[arg(long)]
     sink: Option<String>,
     /// The JetStream stream for --sink jetstream: (created if missing). Default: `CDC_<NAME>`.
@@ -102,9 +103,13 @@ pub(crate) struct RunArgs {
     drop_slot_on_stop: bool,
 }
 
-pub(crate) async fn run(file: CdcFile, cmd: CdcCommand) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(
+    mut config: crate::config::Config,
+    cmd: CdcCommand,
+) -> anyhow::Result<ExitCode> {
+    let file = std::mem::take(&mut config.cdc);
     match cmd {
-        CdcCommand::Run(args) => run_connector(args.merged(file)?).await,
+        CdcCommand::Run(args) => run_connector(args.merged(file)?, &config).await,
         CdcCommand::Status { source, slot } => {
             let status = mainstay_cdc::slot_status(&source, &slot).await?;
             match status {
@@ -203,7 +208,7 @@ impl RunArgs {
     }
 }
 
-async fn run_connector(args: Settings) -> anyhow::Result<ExitCode> {
+async fn run_connector(args: Settings, server: &crate::config::Config) -> anyhow::Result<ExitCode> {
     let tables = args
         .tables
         .iter()
@@ -242,6 +247,11 @@ async fn run_connector(args: Settings) -> anyhow::Result<ExitCode> {
     let sink: Box<dyn Sink> = match args.sink.as_str() {
         "stdout" => Box::new(StdoutSink::new()),
         "null" => Box::new(NullSink::default()),
+        // The event store `[events]` / --events-url names (SQLite by default).
+        "events" => {
+            let store = mainstay_eventstore::connect(&server.events, &server.data_dir).await?;
+            Box::new(mainstay_cdc::EventStoreSink::new(store, &args.name).await?)
+        }
         other => {
             if let Some(path) = other.strip_prefix("file:").filter(|p| !p.is_empty()) {
                 Box::new(FileSink::open(path)?)
@@ -258,7 +268,7 @@ async fn run_connector(args: Settings) -> anyhow::Result<ExitCode> {
                 )
             } else {
                 anyhow::bail!(
-                    "--sink {other:?}: expected stdout, null, file:PATH or jetstream:nats://HOST:PORT"
+                    "--sink {other:?}: expected stdout, null, events, file:PATH or jetstream:nats://HOST:PORT"
                 )
             }
         }

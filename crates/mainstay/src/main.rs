@@ -79,7 +79,7 @@ fn main() -> std::process::ExitCode {
             Command::Saga(cmd) => saga::run(config, cmd).await,
             Command::Txn(cmd) => txn::run(config, cmd).await,
             Command::Events(cmd) => events::run(config, cmd).await,
-            Command::Cdc(cmd) => cdc::run(config.cdc, cmd).await,
+            Command::Cdc(cmd) => cdc::run(config, cmd).await,
         }
     });
     match result {

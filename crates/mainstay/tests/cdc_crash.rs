@@ -266,7 +266,30 @@ async fn cdc_run_reads_its_config_section_and_names_what_is_wrong() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(lines(&dir.path().join("flag.ndjson")).len(), 3);
+    // The event store sink: the store `[events]` configures (SQLite in the data dir), a
+    // stream per row.
+    let out = mainstay(dir.path())
+        .args(["cdc", "run", "--slot", "from_events", "--sink", "events"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = mainstay(dir.path())
+        .args(["events", "read", "mainstay-public.conf-2"])
+        .output()
+        .unwrap();
+    let read = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && read.lines().count() == 1 && read.contains("RowRead"),
+        "{read}"
+    );
     let db = connect(&url).await;
+    db.batch_execute("SELECT pg_drop_replication_slot('from_events')")
+        .await
+        .unwrap();
     let slots: Vec<String> = db
         .query(
             "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name IN ('from_config', 'from_flag') ORDER BY 1",
