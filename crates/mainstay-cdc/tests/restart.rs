@@ -154,3 +154,53 @@ async fn a_file_sink_holds_every_event_once_across_crashes() {
         assert!(seen.insert(key.clone()), "duplicate event {key:?}");
     }
 }
+
+/// A sink slower than the source (each batch takes 300 ms) on a server that drops a
+/// replication connection after 2 s without a status update: the connector stops reading
+/// while the sink works (memory stays bounded by one channel and one batch) and still
+/// answers, so the connection survives and every change arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_sink_holds_the_stream_back_without_losing_the_connection() {
+    struct Slow(MemorySink);
+    #[async_trait::async_trait]
+    impl mainstay_cdc::Sink for Slow {
+        fn name(&self) -> &str {
+            "slow"
+        }
+        async fn write(&mut self, events: &[mainstay_cdc::ChangeEvent]) -> Result<(), mainstay_cdc::CdcError> {
+            // The fault: a sink that takes its time.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            self.0.write(events).await
+        }
+    }
+    let server = mainstay_testkit::PostgresServer::start_with_settings(&["wal_sender_timeout=2s"])
+        .expect("private server");
+    let url = mainstay_testkit::HasUrl::url(&server);
+    let db = client(&url).await;
+    db.batch_execute("CREATE TABLE t (id bigint PRIMARY KEY, v int)")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let received = Received::default();
+    let config = CdcConfig::new("slow", &url)
+        .slot("slow")
+        .tables(vec![TableName::parse("t").unwrap()])
+        .max_batch(500)
+        .drop_slot_on_stop(true);
+    let running = start(
+        config,
+        Box::new(Slow(MemorySink::new(&received))),
+        &dir.path().join("state"),
+    );
+    wait_streaming(&url, "slow").await;
+    // 12k changes: 24 batches of 500 at 300 ms each, over 7 s of holding back.
+    db.batch_execute("INSERT INTO t SELECT g, 0 FROM generate_series(1, 12000) g")
+        .await
+        .unwrap();
+    received
+        .wait(Duration::from_secs(60), "every change through the slow sink", |e| e.len() >= 12_000)
+        .await;
+    let summary = running.stop().await.expect("the connection survived the slow sink");
+    assert_eq!(summary.delivered, 12_000);
+    assert_in_source_order(&received.snapshot());
+}
