@@ -43,6 +43,14 @@ impl Delivery {
         }
         self.sink.write(&events).await?;
         self.delivered += events.len() as u64;
+        // What this process delivered is skipped when a reconnect sends it again, for
+        // every sink (a sink's own last_position covers restarts of the process).
+        if let Some(last) = events.last() {
+            self.skip_through = Some(
+                self.skip_through
+                    .map_or(last.position, |s| s.max(last.position)),
+            );
+        }
         Ok(())
     }
 }
@@ -70,6 +78,8 @@ pub struct RunSummary {
     pub skipped: u64,
     /// The last position confirmed to the slot.
     pub confirmed_lsn: Option<String>,
+    /// Whether the source was reached at least once.
+    pub reached_source: bool,
 }
 
 /// A PostgreSQL connector feeding one sink.
@@ -134,76 +144,18 @@ impl StateFile {
 impl Connector {
     /// Runs until `shutdown` completes (then confirms what the sink holds and returns), the
     /// snapshot ends in `initial_only` mode, or an error.
+    ///
+    /// A lost connection to the source (PostgreSQL restarted, the walsender terminated, the
+    /// network cut) is not the end: the connector reconnects with backoff (100 ms doubling
+    /// to 5 s, for as long as it takes) and resumes from the slot, skipping what it already
+    /// delivered. Configuration, setup and sink errors end the run.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<RunSummary, CdcError> {
         let Connector {
             config,
-            sink,
+            mut sink,
             state: state_file,
         } = self;
         config.validate()?;
-        let endpoint = Endpoint::parse(&config.source_url)?;
-        let client = endpoint.connect().await?;
-        let mut state = state_file.load()?;
-        if state.slot != config.slot {
-            state = State {
-                slot: config.slot.clone(),
-                ..State::default()
-            };
-        }
-        let setup = postgres::prepare(&client, &endpoint, &config).await?;
-        let mut slot_exists = setup.slot.is_some();
-        if !slot_exists && state.snapshot_done && !state.snapshot_slot_created {
-            match config.snapshot_mode {
-                SnapshotMode::WhenNeeded | SnapshotMode::Always => state.snapshot_done = false,
-                SnapshotMode::NoData => {}
-                SnapshotMode::Initial | SnapshotMode::InitialOnly => {
-                    return Err(CdcError::Setup(format!(
-                        "replication slot {:?} is gone although this connector streamed from it (state file {}): \
-                         changes made since it was dropped are lost to it. Rerun with snapshot mode when_needed \
-                         or always to read the tables again, or delete the state file to start over",
-                        config.slot,
-                        state_file.0.display()
-                    )));
-                }
-            }
-        }
-        if slot_exists && state.snapshot_slot_created && !state.snapshot_done {
-            // Our own slot from a snapshot that never finished: it has confirmed nothing,
-            // so a new slot and a new snapshot lose nothing.
-            tracing::info!(slot = %config.slot, "the last snapshot did not finish; recreating its slot and starting it again");
-            postgres::drop_slot(&client, &config.slot).await?;
-            slot_exists = false;
-        }
-        let need_snapshot = match config.snapshot_mode {
-            SnapshotMode::NoData => false,
-            SnapshotMode::Always => true,
-            _ => !state.snapshot_done,
-        };
-
-        let replication = ReplicationConfig::new(
-            endpoint.host.clone(),
-            endpoint.user.clone(),
-            endpoint.password.clone(),
-            endpoint.database.clone(),
-            config.slot.clone(),
-            config.publication.clone(),
-        )
-        .with_port(endpoint.port)
-        .with_tls(TlsConfig::disabled())
-        .with_options(SESSION_OPTIONS)
-        .with_status_interval(config.status_interval)
-        .with_wakeup_interval(Duration::from_secs(5))
-        .with_buffer_size(8192)
-        .with_application_name(format!("mainstay-cdc {}", config.name));
-        let mut repl = ReplicationClient::connect_gated(replication)
-            .await
-            .map_err(|e| endpoint.error(format!("replication connection: {e}")))?;
-
-        let source = Arc::new(SourceInfo {
-            name: config.name.clone(),
-            db: endpoint.database.clone(),
-        });
-        let mut sink = sink;
         let skip_through = sink.last_position().await?;
         let mut delivery = Delivery {
             sink,
@@ -212,139 +164,243 @@ impl Connector {
             skipped: 0,
         };
         let mut summary = RunSummary::default();
-
-        let mut exported = None;
-        let mut consistent_point = 0;
-        if !slot_exists {
-            let export = if need_snapshot { "export" } else { "nothing" };
-            let rows = repl
-                .simple_query(&format!(
-                    "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT '{export}')",
-                    config.slot
-                ))
-                .await;
-            let rows = match rows {
-                Ok(rows) => rows,
-                Err(e) => {
-                    if setup.created_publication {
-                        let _ = client
-                            .batch_execute(&format!(
-                                "DROP PUBLICATION IF EXISTS {}",
-                                postgres::quote_ident(&config.publication)
-                            ))
-                            .await;
-                    }
-                    return Err(CdcError::Setup(format!(
-                        "creating replication slot {:?}: {e}",
-                        config.slot
-                    )));
-                }
-            };
-            let row = rows
-                .into_iter()
-                .next()
-                .ok_or_else(|| CdcError::Setup("CREATE_REPLICATION_SLOT returned no row".into()))?;
-            let text = |i: usize| {
-                row.get(i)
-                    .and_then(|v| v.as_ref())
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-            };
-            consistent_point = text(1)
-                .as_deref()
-                .and_then(crate::event::parse_lsn)
-                .unwrap_or(0);
-            exported = text(2);
-            state.snapshot_slot_created = need_snapshot;
-            state.snapshot_done = !need_snapshot;
-            state_file.save(&state)?;
-            tracing::info!(slot = %config.slot, consistent_point = %format_lsn(consistent_point), "created replication slot");
-        } else if need_snapshot {
-            consistent_point = postgres::snapshot::slot_position(&client, &config.slot).await?;
-            tracing::warn!(
-                slot = %config.slot,
-                "snapshot of tables with an existing slot: rows are read as of now, and changes the slot \
-                 still holds from before are streamed after them (at-least-once, final state converges)"
-            );
-        }
-
-        if need_snapshot {
-            let run = SnapshotRun {
-                endpoint: &endpoint,
-                tables: &setup.tables,
-                exported: exported.as_deref(),
-                consistent_point,
-                fetch_size: config.snapshot_fetch_size,
-                decimals: config.decimal_handling,
-                source: source.clone(),
-                config: &config,
-            };
-            let stats = run.run(&mut delivery).await?;
-            summary.snapshot_rows = stats.rows;
-            state.snapshot_done = true;
-            state.snapshot_slot_created = false;
-            state_file.save(&state)?;
-            tracing::info!(
-                rows = stats.rows,
-                tables = stats.tables,
-                "snapshot finished"
-            );
-        } else if !state.snapshot_done {
-            state.snapshot_done = true;
-            state_file.save(&state)?;
-        }
-        if config.snapshot_mode == SnapshotMode::InitialOnly {
-            drop(repl);
-            summary.delivered = delivery.delivered;
-            summary.skipped = delivery.skipped;
-            return Ok(summary);
-        }
-
-        repl.start()
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut pause = Duration::from_millis(100);
+        let outcome = loop {
+            match attempt(
+                &config,
+                &state_file,
+                &mut delivery,
+                &mut summary,
+                shutdown.as_mut(),
+            )
             .await
-            .map_err(|e| endpoint.error(format!("START_REPLICATION: {e}")))?;
-        if let Err(e) = repl.wait_started().await {
-            let text = e.to_string();
-            if text.contains("is active for PID") {
-                let pid = text
-                    .rsplit(' ')
-                    .next()
-                    .and_then(|p| {
-                        p.trim_end_matches(|c: char| !c.is_ascii_digit())
-                            .parse()
-                            .ok()
-                    })
-                    .unwrap_or(0);
-                return Err(CdcError::SlotBusy {
-                    slot: config.slot.clone(),
-                    pid,
-                });
+            {
+                Err(CdcError::Source { address, message }) if reconnects_allowed(&summary) => {
+                    tracing::warn!(%address, %message, "lost the source; reconnecting in {pause:?}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = shutdown.as_mut() => break Ok(()),
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                other => break other,
             }
-            return Err(endpoint.error(format!("START_REPLICATION: {text}")));
-        }
-
-        let decoder_client = endpoint.connect().await?;
-        let mut decoder = Decoder::new(decoder_client, &config, source);
-        let outcome = stream(&config, &mut repl, &mut decoder, &mut delivery, shutdown).await;
-        let confirmed = match &outcome {
-            Ok(lsn) => *lsn,
-            Err(_) => None,
         };
-        repl.stop();
-        let _ = repl.shutdown().await;
-        // A clean stop returns with the slot released. The worker sends no final status
-        // on stop: persist the last confirmed position then, so nothing is sent twice.
-        advance_slot(&client, &config.slot, confirmed).await;
-        if let Some(lsn) = confirmed {
-            summary.confirmed_lsn = Some(format_lsn(lsn));
-        }
-        if config.drop_slot_on_stop {
-            postgres::drop_slot(&client, &config.slot).await?;
-        }
-        outcome?;
         summary.delivered = delivery.delivered;
         summary.skipped = delivery.skipped;
-        Ok(summary)
+        if config.drop_slot_on_stop {
+            if let Ok(endpoint) = Endpoint::parse(&config.source_url) {
+                if let Ok(client) = endpoint.connect().await {
+                    postgres::drop_slot(&client, &config.slot).await?;
+                }
+            }
+        }
+        outcome.map(|()| summary)
     }
+}
+
+/// Reconnects are for a connector that got going: one that never reached the source
+/// (a wrong URL) reports that at once instead of retrying forever.
+fn reconnects_allowed(summary: &RunSummary) -> bool {
+    summary.reached_source
+}
+
+/// One connection's worth of work: setup, snapshot if needed, stream until shutdown.
+async fn attempt(
+    config: &CdcConfig,
+    state_file: &StateFile,
+    delivery: &mut Delivery,
+    summary: &mut RunSummary,
+    shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<(), CdcError> {
+    let endpoint = Endpoint::parse(&config.source_url)?;
+    let client = endpoint.connect().await?;
+    summary.reached_source = true;
+    let mut state = state_file.load()?;
+    if state.slot != config.slot {
+        state = State {
+            slot: config.slot.clone(),
+            ..State::default()
+        };
+    }
+    let setup = postgres::prepare(&client, &endpoint, config).await?;
+    let mut slot_exists = setup.slot.is_some();
+    if !slot_exists && state.snapshot_done && !state.snapshot_slot_created {
+        match config.snapshot_mode {
+            SnapshotMode::WhenNeeded | SnapshotMode::Always => state.snapshot_done = false,
+            SnapshotMode::NoData => {}
+            SnapshotMode::Initial | SnapshotMode::InitialOnly => {
+                return Err(CdcError::Setup(format!(
+                    "replication slot {:?} is gone although this connector streamed from it (state file {}): \
+                     changes made since it was dropped are lost to it. Rerun with snapshot mode when_needed \
+                     or always to read the tables again, or delete the state file to start over",
+                    config.slot,
+                    state_file.0.display()
+                )));
+            }
+        }
+    }
+    if slot_exists && state.snapshot_slot_created && !state.snapshot_done {
+        // Our own slot from a snapshot that never finished: it has confirmed nothing,
+        // so a new slot and a new snapshot lose nothing.
+        tracing::info!(slot = %config.slot, "the last snapshot did not finish; recreating its slot and starting it again");
+        postgres::drop_slot(&client, &config.slot).await?;
+        slot_exists = false;
+    }
+    let need_snapshot = match config.snapshot_mode {
+        SnapshotMode::NoData => false,
+        SnapshotMode::Always => true,
+        _ => !state.snapshot_done,
+    };
+
+    let replication = ReplicationConfig::new(
+        endpoint.host.clone(),
+        endpoint.user.clone(),
+        endpoint.password.clone(),
+        endpoint.database.clone(),
+        config.slot.clone(),
+        config.publication.clone(),
+    )
+    .with_port(endpoint.port)
+    .with_tls(TlsConfig::disabled())
+    .with_options(SESSION_OPTIONS)
+    .with_status_interval(config.status_interval)
+    .with_wakeup_interval(Duration::from_secs(5))
+    .with_buffer_size(8192)
+    .with_application_name(format!("mainstay-cdc {}", config.name));
+    let mut repl = ReplicationClient::connect_gated(replication)
+        .await
+        .map_err(|e| endpoint.error(format!("replication connection: {e}")))?;
+
+    let source = Arc::new(SourceInfo {
+        name: config.name.clone(),
+        db: endpoint.database.clone(),
+    });
+
+    let mut exported = None;
+    let mut consistent_point = 0;
+    if !slot_exists {
+        let export = if need_snapshot { "export" } else { "nothing" };
+        let rows = repl
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT '{export}')",
+                config.slot
+            ))
+            .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                if setup.created_publication {
+                    let _ = client
+                        .batch_execute(&format!(
+                            "DROP PUBLICATION IF EXISTS {}",
+                            postgres::quote_ident(&config.publication)
+                        ))
+                        .await;
+                }
+                return Err(CdcError::Setup(format!(
+                    "creating replication slot {:?}: {e}",
+                    config.slot
+                )));
+            }
+        };
+        let row = rows
+            .into_iter()
+            .next()
+            .ok_or_else(|| CdcError::Setup("CREATE_REPLICATION_SLOT returned no row".into()))?;
+        let text = |i: usize| {
+            row.get(i)
+                .and_then(|v| v.as_ref())
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+        };
+        consistent_point = text(1)
+            .as_deref()
+            .and_then(crate::event::parse_lsn)
+            .unwrap_or(0);
+        exported = text(2);
+        state.snapshot_slot_created = need_snapshot;
+        state.snapshot_done = !need_snapshot;
+        state_file.save(&state)?;
+        tracing::info!(slot = %config.slot, consistent_point = %format_lsn(consistent_point), "created replication slot");
+    } else if need_snapshot {
+        consistent_point = postgres::snapshot::slot_position(&client, &config.slot).await?;
+        tracing::warn!(
+            slot = %config.slot,
+            "snapshot of tables with an existing slot: rows are read as of now, and changes the slot \
+             still holds from before are streamed after them (at-least-once, final state converges)"
+        );
+    }
+
+    if need_snapshot {
+        let run = SnapshotRun {
+            endpoint: &endpoint,
+            tables: &setup.tables,
+            exported: exported.as_deref(),
+            consistent_point,
+            fetch_size: config.snapshot_fetch_size,
+            decimals: config.decimal_handling,
+            source: source.clone(),
+            config,
+        };
+        let stats = run.run(delivery).await?;
+        summary.snapshot_rows = stats.rows;
+        state.snapshot_done = true;
+        state.snapshot_slot_created = false;
+        state_file.save(&state)?;
+        tracing::info!(
+            rows = stats.rows,
+            tables = stats.tables,
+            "snapshot finished"
+        );
+    } else if !state.snapshot_done {
+        state.snapshot_done = true;
+        state_file.save(&state)?;
+    }
+    if config.snapshot_mode == SnapshotMode::InitialOnly {
+        drop(repl);
+        return Ok(());
+    }
+
+    repl.start()
+        .await
+        .map_err(|e| endpoint.error(format!("START_REPLICATION: {e}")))?;
+    if let Err(e) = repl.wait_started().await {
+        let text = e.to_string();
+        if text.contains("is active for PID") {
+            let pid = text
+                .rsplit(' ')
+                .next()
+                .and_then(|p| {
+                    p.trim_end_matches(|c: char| !c.is_ascii_digit())
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(0);
+            return Err(CdcError::SlotBusy {
+                slot: config.slot.clone(),
+                pid,
+            });
+        }
+        return Err(endpoint.error(format!("START_REPLICATION: {text}")));
+    }
+
+    let decoder_client = endpoint.connect().await?;
+    let mut decoder = Decoder::new(decoder_client, config, source);
+    let outcome = stream(config, &mut repl, &mut decoder, delivery, shutdown).await;
+    let confirmed = match &outcome {
+        Ok(lsn) => *lsn,
+        Err(_) => None,
+    };
+    repl.stop();
+    let _ = repl.shutdown().await;
+    // A clean stop returns with the slot released. The worker sends no final status
+    // on stop: persist the last confirmed position then, so nothing is sent twice.
+    advance_slot(&client, &config.slot, confirmed).await;
+    if let Some(lsn) = confirmed {
+        summary.confirmed_lsn = Some(format_lsn(lsn));
+    }
+    outcome.map(|_| ())
 }
 
 /// Streams until shutdown; returns the last LSN confirmed.
