@@ -39,5 +39,7 @@ pub use outbox::{OutboxEvent, OutboxRouter};
 pub use sink::eventstore::EventStoreSink;
 #[cfg(feature = "nats")]
 pub use sink::jetstream::JetStreamSink;
+#[cfg(feature = "redis")]
+pub use sink::redis::RedisSink;
 pub use sink::{FileSink, NullSink, Sink, StdoutSink};
 pub use status::{slot_status, SlotStatus};

@@ -10,6 +10,8 @@
 pub mod eventstore;
 #[cfg(feature = "nats")]
 pub mod jetstream;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

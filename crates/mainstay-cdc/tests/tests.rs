@@ -10,6 +10,8 @@ mod eventstore;
 mod jetstream;
 #[cfg(feature = "nats")]
 mod outbox;
+#[cfg(feature = "redis")]
+mod redis_sink;
 mod restart;
 mod setup;
 mod slot;

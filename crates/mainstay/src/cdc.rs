@@ -45,6 +45,7 @@ pub(crate) struct CdcFile {
     decimal_handling: Option<String>,
     nats_stream: Option<String>,
     outbox_table: Option<String>,
+    redis_key_template: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -75,13 +76,18 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     snapshot_mode: Option<SnapshotMode>,
     /// stdout, null (encode and discard: benchmarks), file:PATH (fsynced, exactly once),
-    /// jetstream:nats://HOST:PORT (subjects NAME.SCHEMA.TABLE, exactly once) or events (the
-    /// event store `[events]` configures; a stream per row, exactly once). Default: stdout.
+    /// jetstream:nats://HOST:PORT (subjects NAME.SCHEMA.TABLE, exactly once), events (the
+    /// event store `[events]` configures; a stream per row, exactly once) or
+    /// redis:redis://HOST:PORT (a key per row holding its JSON, exactly once). Default: stdout.
     #[arg(long)]
     sink: Option<String>,
     /// The JetStream stream for --sink jetstream: (created if missing). Default: `CDC_<NAME>`.
     #[arg(long)]
     nats_stream: Option<String>,
+    /// With --sink redis:, each row's key: {schema}, {table} and {key} (primary key values
+    /// joined by ':'). Default: `<name>:{schema}.{table}:{key}`.
+    #[arg(long)]
+    redis_key_template: Option<String>,
     /// With --sink jetstream:, route this outbox table's inserts as Debezium's outbox
     /// router does (subject `outbox.event.<aggregatetype>`, body = payload, Nats-Msg-Id = id).
     #[arg(long)]
@@ -144,6 +150,7 @@ struct Settings {
     drop_slot_on_stop: bool,
     nats_stream: Option<String>,
     outbox_table: Option<String>,
+    redis_key_template: Option<String>,
 }
 
 impl RunArgs {
@@ -204,6 +211,7 @@ impl RunArgs {
             drop_slot_on_stop: self.drop_slot_on_stop,
             nats_stream: self.nats_stream.or(file.nats_stream),
             outbox_table: self.outbox_table.or(file.outbox_table),
+            redis_key_template: self.redis_key_template.or(file.redis_key_template),
         })
     }
 }
@@ -239,6 +247,12 @@ async fn run_connector(args: Settings, server: &crate::config::Config) -> anyhow
     if let Some(mode) = args.publication_autocreate {
         config = config.publication_autocreate(mode);
     }
+    if let Some(t) = &args.redis_key_template {
+        anyhow::ensure!(
+            args.sink.starts_with("redis:"),
+            "--redis-key-template {t:?} needs --sink redis:redis://…"
+        );
+    }
     if args.outbox_table.is_some() && !args.sink.starts_with("jetstream:") {
         anyhow::bail!(
             "--outbox-table routes outbox events to a bus: it needs --sink jetstream:nats://…"
@@ -255,6 +269,13 @@ async fn run_connector(args: Settings, server: &crate::config::Config) -> anyhow
         other => {
             if let Some(path) = other.strip_prefix("file:").filter(|p| !p.is_empty()) {
                 Box::new(FileSink::open(path)?)
+            } else if let Some(url) = other.strip_prefix("redis:").filter(|u| !u.is_empty()) {
+                let template = args
+                    .redis_key_template
+                    .clone()
+                    .unwrap_or_else(|| format!("{}:{{schema}}.{{table}}:{{key}}", args.name));
+                let checkpoint = format!("{}:cdc-checkpoint", args.name);
+                Box::new(mainstay_cdc::RedisSink::connect(url, &template, &checkpoint).await?)
             } else if let Some(url) = other.strip_prefix("jetstream:").filter(|u| !u.is_empty()) {
                 let stream = args.nats_stream.clone().unwrap_or_else(|| {
                     format!(
@@ -268,7 +289,7 @@ async fn run_connector(args: Settings, server: &crate::config::Config) -> anyhow
                 )
             } else {
                 anyhow::bail!(
-                    "--sink {other:?}: expected stdout, null, events, file:PATH or jetstream:nats://HOST:PORT"
+                    "--sink {other:?}: expected stdout, null, events, file:PATH, redis:redis://HOST:PORT or jetstream:nats://HOST:PORT"
                 )
             }
         }
