@@ -160,8 +160,14 @@ impl Subscription {
                 .store
                 .read_all(self.after, self.batch, &self.filter)
                 .await?;
-            if batch.is_empty() {
+            // A read shorter than a batch reached the end of `$all` as it was then: the
+            // subscription has caught up (whether or not more arrived since). Regression:
+            // `live` used to wait for an empty read, which a writer faster than the
+            // subscriber can postpone indefinitely.
+            if batch.len() < self.batch {
                 self.live = true;
+            }
+            if batch.is_empty() {
                 self.wakeups.wait().await?;
             } else {
                 self.buffered.extend(batch);
@@ -191,7 +197,9 @@ impl Subscription {
         self.after
     }
 
-    /// True once the subscription has read everything there was and follows live.
+    /// True once the subscription has caught up: one of its reads returned less than a
+    /// full batch, so it had read everything `$all` held at that moment; from then on it
+    /// follows live appends.
     pub fn is_live(&self) -> bool {
         self.live
     }
