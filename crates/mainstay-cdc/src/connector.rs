@@ -176,7 +176,9 @@ impl Connector {
             )
             .await
             {
-                Err(CdcError::Source { address, message }) if reconnects_allowed(&summary) => {
+                // Reconnects are for a connector that got going: one that never reached the
+                // source (a wrong URL) reports that at once instead of retrying forever.
+                Err(CdcError::Source { address, message }) if summary.reached_source => {
                     tracing::warn!(%address, %message, "lost the source; reconnecting in {pause:?}");
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}
@@ -198,12 +200,6 @@ impl Connector {
         }
         outcome.map(|()| summary)
     }
-}
-
-/// Reconnects are for a connector that got going: one that never reached the source
-/// (a wrong URL) reports that at once instead of retrying forever.
-fn reconnects_allowed(summary: &RunSummary) -> bool {
-    summary.reached_source
 }
 
 /// One connection's worth of work: setup, snapshot if needed, stream until shutdown.

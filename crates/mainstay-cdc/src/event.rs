@@ -33,6 +33,47 @@ impl Position {
     }
 }
 
+impl Position {
+    /// The position as sinks record it next to what they hold:
+    /// `commit_lsn/lsn/index/s` for a snapshot row, `…/c` for a streamed change.
+    pub fn to_text(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.commit_lsn,
+            self.lsn,
+            self.index,
+            if self.snapshot { "s" } else { "c" }
+        )
+    }
+}
+
+impl std::str::FromStr for Position {
+    type Err = String;
+
+    /// Parses [`Position::to_text`]'s form.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?} is not a position (COMMIT_LSN/LSN/INDEX/s|c)");
+        let mut parts = text.split('/');
+        let mut number =
+            || -> Result<u64, String> { parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad) };
+        let (commit_lsn, lsn, index) = (number()?, number()?, number()?);
+        let snapshot = match parts.next() {
+            Some("s") => true,
+            Some("c") => false,
+            _ => return Err(bad()),
+        };
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(Position {
+            commit_lsn,
+            lsn,
+            index,
+            snapshot,
+        })
+    }
+}
+
 impl Ord for Position {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         (self.commit_lsn, !self.snapshot, self.index).cmp(&(
@@ -99,6 +140,19 @@ impl Row {
     /// The value of `column`, if the row has it.
     pub fn get(&self, column: &str) -> Option<&Value> {
         self.0.iter().find(|(c, _)| &**c == column).map(|(_, v)| v)
+    }
+
+    /// The values as text (strings as they are, other values as JSON), joined by `sep`:
+    /// a primary key as one name for a stream or a cache key.
+    pub fn values_text(&self, sep: &str) -> String {
+        self.0
+            .iter()
+            .map(|(_, v)| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(sep)
     }
 
     /// The row as a JSON object (column order is lost).
@@ -283,3 +337,6 @@ pub fn now_us() -> i64 {
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests;

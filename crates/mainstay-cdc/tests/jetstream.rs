@@ -107,15 +107,7 @@ async fn jetstream_holds_every_event_once_across_failures() {
     // point than the cut one, and every streamed change is there once.
     let positions: Vec<Position> = events
         .iter()
-        .map(|(p, _, _)| {
-            let parts: Vec<&str> = p.split('/').collect();
-            Position {
-                commit_lsn: parts[0].parse().unwrap(),
-                lsn: parts[1].parse().unwrap(),
-                index: parts[2].parse().unwrap(),
-                snapshot: parts[3] == "s",
-            }
-        })
+        .map(|(p, _, _)| p.parse().expect("a position header"))
         .collect();
     for w in positions.windows(2) {
         assert!(

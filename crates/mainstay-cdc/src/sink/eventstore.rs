@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use mainstay_eventstore::{
     Append, Direction, EventData, EventStore, ExpectedVersion, StreamMetadata,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::Sink;
 use crate::error::CdcError;
@@ -79,20 +79,12 @@ impl EventStoreSink {
         }
         let table = format!("{}-{}.{}", self.prefix, event.schema, event.table);
         let Some(key) = &event.key else { return table };
-        let key: Vec<String> = key
-            .0
-            .iter()
-            .map(|(_, v)| match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-            .collect();
-        let stream = format!("{table}-{}", key.join(","));
+        let stream = format!("{table}-{}", key.values_text(","));
         if stream.chars().count() <= 256 {
             stream
         } else {
             // A key too long for a stream name: a stable digest of it instead.
-            let id = mainstay_core::id::content_id(key.join("\u{1f}").as_bytes());
+            let id = mainstay_core::id::content_id(key.values_text("\u{1f}").as_bytes());
             format!("{table}-{id}")
         }
     }

@@ -10,7 +10,6 @@
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
-use serde_json::Value;
 
 use super::Sink;
 use crate::error::CdcError;
@@ -73,41 +72,9 @@ impl RedisSink {
 
     /// The key of an event's row, `None` for rows without a primary key.
     pub fn row_key(&self, event: &ChangeEvent) -> Option<String> {
-        let key = event.key.as_ref()?;
-        let parts: Vec<String> = key
-            .0
-            .iter()
-            .map(|(_, v)| match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-            .collect();
-        Some(self.key(&event.schema, &event.table, &parts.join(":")))
+        let key = event.key.as_ref()?.values_text(":");
+        Some(self.key(&event.schema, &event.table, &key))
     }
-}
-
-fn format_position(p: &Position) -> String {
-    format!(
-        "{}/{}/{}/{}",
-        p.commit_lsn,
-        p.lsn,
-        p.index,
-        if p.snapshot { "s" } else { "c" }
-    )
-}
-
-fn parse_position(text: &str) -> Option<Position> {
-    let mut parts = text.split('/');
-    let commit_lsn = parts.next()?.parse().ok()?;
-    let lsn = parts.next()?.parse().ok()?;
-    let index = parts.next()?.parse().ok()?;
-    let snapshot = parts.next()? == "s";
-    Some(Position {
-        commit_lsn,
-        lsn,
-        index,
-        snapshot,
-    })
 }
 
 #[async_trait]
@@ -124,12 +91,10 @@ impl Sink for RedisSink {
             .map_err(sink_err)?;
         match text {
             None => Ok(None),
-            Some(t) => parse_position(&t).map(Some).ok_or_else(|| {
-                sink_err(format!(
-                    "checkpoint key {} holds {t:?}, not a position",
-                    self.checkpoint
-                ))
-            }),
+            Some(t) => t
+                .parse()
+                .map(Some)
+                .map_err(|e| sink_err(format!("checkpoint key {}: {e}", self.checkpoint))),
         }
     }
 
@@ -198,7 +163,7 @@ impl Sink for RedisSink {
         }
         pipe.cmd("SET")
             .arg(&self.checkpoint)
-            .arg(format_position(&last.position))
+            .arg(last.position.to_text())
             .ignore();
         pipe.query_async::<()>(&mut self.conn)
             .await
