@@ -10,15 +10,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use crate::common::mainstay;
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
-}
+use crate::common::{mainstay, pg as connect};
 
 async fn writer(url: String, seed: u64, stop: Arc<AtomicBool>) {
     let db = connect(&url).await;

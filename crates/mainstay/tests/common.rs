@@ -145,3 +145,12 @@ pub async fn spawn_serve(
     };
     (process, format!("http://127.0.0.1:{}", addr.port()))
 }
+
+/// A plain client for a test's own SQL (its connection task runs in the background).
+pub async fn pg(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}

@@ -4,21 +4,13 @@
 //! atomic (its row in both databases or in neither) and no prepared transaction of ours
 //! may remain for more than 10 s.
 
-use crate::common::{mainstay, spawn_serve};
+use crate::common::{mainstay, pg, spawn_serve};
 use mainstay_testkit::{HasUrl, PostgresServer, Process};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-async fn pg(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-}
 
 async fn spawn(
     dir: &std::path::Path,
