@@ -530,15 +530,7 @@ async fn stream(
 /// slot free for the next run — then moves its confirmed position to `lsn` (best effort:
 /// a position the server already has is left as it is).
 async fn advance_slot(client: &tokio_postgres::Client, slot: &str, lsn: Option<u64>) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match postgres::slot_row(client, slot).await {
-            Ok(Some(row)) if row.active_pid.is_some() && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            _ => break,
-        }
-    }
+    postgres::wait_released(client, slot).await;
     let Some(lsn) = lsn else { return };
     if let Err(e) = client
         .execute(

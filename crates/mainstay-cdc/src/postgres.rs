@@ -594,31 +594,29 @@ pub(crate) async fn prepare(
     })
 }
 
-/// Drops the slot (tests, `--drop-slot-on-stop`), waiting for its walsender to let go.
-pub(crate) async fn drop_slot(client: &Client, slot: &str) -> Result<(), CdcError> {
+/// Waits, up to 10 s, until no walsender holds `slot` (one whose client just stopped or
+/// died lets go within moments).
+pub(crate) async fn wait_released(client: &Client, slot: &str) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match client
-            .execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-        {
-            Ok(_) => return Ok(()),
-            // 55006: the slot is still active (its walsender has not exited yet).
-            Err(e)
-                if e.as_db_error().is_some_and(|d| d.code().code() == "55006")
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    while tokio::time::Instant::now() < deadline {
+        match slot_row(client, slot).await {
+            Ok(Some(row)) if row.active_pid.is_some() => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
-            Err(e) => {
-                return Err(CdcError::Setup(format!(
-                    "dropping slot {slot:?}: {}",
-                    db_message(&e)
-                )))
-            }
+            _ => return,
         }
     }
+}
+
+/// Drops the slot (tests, `--drop-slot-on-stop`) once its walsender let it go.
+pub(crate) async fn drop_slot(client: &Client, slot: &str) -> Result<(), CdcError> {
+    wait_released(client, slot).await;
+    client
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| CdcError::Setup(format!("dropping slot {slot:?}: {}", db_message(&e))))
 }

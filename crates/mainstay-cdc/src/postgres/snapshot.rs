@@ -105,9 +105,8 @@ impl SnapshotRun<'_> {
                         continue;
                     };
                     fetched += 1;
-                    let event = self.read_event(&table, &row, index, started_us)?;
+                    let mut event = self.read_event(&table, &row, index, started_us)?;
                     index += 1;
-                    let mut event = event;
                     if first_in_table {
                         event.snapshot = if stats.rows == 0 {
                             SnapshotMarker::First
