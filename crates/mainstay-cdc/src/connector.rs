@@ -6,7 +6,16 @@
 //! position never passes what the sink holds, so a crash at any point loses nothing.
 //! Limits: a sink that cannot report its position sees the unconfirmed tail again after a
 //! crash (duplicates, same [`Position`]); the connector's own record of a
-//! finished snapshot lives in a local state file (not shared between hosts yet).
+//! finished snapshot lives in a state file (shared between the instances of a connector
+//! under high availability: put it on storage they all reach).
+//!
+//! High availability: several instances of one connector elect one active (the caller
+//! runs the election); the active one passes its epoch to [`Connector::fencing_token`].
+//! It then claims the sink with that token before reading anything ([`Sink::fence`]),
+//! ends whatever walsender still holds the slot (its deposed predecessor's), and checks the
+//! claim again before every reconnect and before moving the slot on a clean stop — so a
+//! deposed instance that wakes up can neither write to a fencing sink nor advance the
+//! slot once its successor has started.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -65,6 +74,10 @@ struct State {
     /// True while a snapshot runs from a slot this connector created for it; such a slot
     /// has confirmed nothing and is recreated if the snapshot did not finish.
     snapshot_slot_created: bool,
+    /// The fencing token of the instance that wrote the record (high availability): an
+    /// instance with a lower token may not overwrite it.
+    #[serde(default)]
+    fencing_token: Option<u64>,
 }
 
 /// What one run did.
@@ -87,10 +100,32 @@ pub struct Connector {
     config: CdcConfig,
     sink: Box<dyn Sink>,
     state: StateFile,
+    fencing_token: Option<u64>,
 }
 
 /// The file holding [`State`], replaced atomically.
 struct StateFile(PathBuf);
+
+/// The fencing token of this run, if it runs under high availability.
+#[derive(Clone, Copy)]
+struct Fence(Option<u64>);
+
+impl Fence {
+    /// Claims (first time) or re-checks (later) the sink and the state file for this token.
+    async fn check(&self, delivery: &mut Delivery, state_file: &StateFile) -> Result<(), CdcError> {
+        let Some(token) = self.0 else { return Ok(()) };
+        delivery.sink.fence(token).await?;
+        let state = state_file.load()?;
+        match state.fencing_token {
+            Some(current) if current > token => Err(CdcError::Fenced {
+                sink: format!("state file {}", state_file.0.display()),
+                presented: token,
+                current,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
 
 impl Connector {
     /// A connector; its state file defaults to `./<name>.cdc-state.json`.
@@ -100,7 +135,17 @@ impl Connector {
             config,
             sink,
             state,
+            fencing_token: None,
         }
+    }
+
+    /// Runs as the elected active instance of a highly available connector, `token` being
+    /// its leadership epoch (strictly higher for each new leader): the sink and the state
+    /// file are claimed with it and refuse the writes of any instance with a lower token;
+    /// a walsender still holding the slot (a deposed predecessor's) is terminated.
+    pub fn fencing_token(mut self, token: u64) -> Self {
+        self.fencing_token = Some(token);
+        self
     }
 
     /// Where the connector records whether its snapshot finished. Default:
@@ -125,9 +170,32 @@ impl StateFile {
         }
     }
 
+    /// Replaces the record. Under high availability (`state.fencing_token` set) this holds
+    /// an exclusive lock on `<file>.lock` and refuses to overwrite a record written with a
+    /// higher token (a deposed instance may not undo its successor's record).
     fn save(&self, state: &State) -> Result<(), CdcError> {
         let err = |e: std::io::Error| {
             CdcError::Config(format!("writing state file {}: {e}", self.0.display()))
+        };
+        let _lock = match state.fencing_token {
+            None => None,
+            Some(token) => {
+                let lock = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(format!("{}.lock", self.0.display()))
+                    .map_err(err)?;
+                lock.lock().map_err(err)?;
+                if let Some(current) = self.load()?.fencing_token.filter(|&c| c > token) {
+                    return Err(CdcError::Fenced {
+                        sink: format!("state file {}", self.0.display()),
+                        presented: token,
+                        current,
+                    });
+                }
+                Some(lock)
+            }
         };
         let tmp = PathBuf::from(format!("{}.tmp", self.0.display()));
         let bytes = serde_json::to_vec(state).map_err(|e| CdcError::Config(e.to_string()))?;
@@ -154,8 +222,21 @@ impl Connector {
             config,
             mut sink,
             state: state_file,
+            fencing_token,
         } = self;
         config.validate()?;
+        let fence = Fence(fencing_token);
+        if let Some(token) = fencing_token {
+            // Claim the sink before reading how far it got: from here on a predecessor's
+            // late write is refused, so the position read below stays true.
+            if !sink.fence(token).await? {
+                tracing::warn!(
+                    sink = sink.name(),
+                    "this sink cannot refuse a deposed instance's writes; after a failover it may \
+                     receive duplicates (use the postgres or redis sink for fenced delivery)"
+                );
+            }
+        }
         let skip_through = sink.last_position().await?;
         let mut delivery = Delivery {
             sink,
@@ -169,6 +250,7 @@ impl Connector {
         let outcome = loop {
             match attempt(
                 &config,
+                fence,
                 &state_file,
                 &mut delivery,
                 &mut summary,
@@ -203,8 +285,10 @@ impl Connector {
 }
 
 /// One connection's worth of work: setup, snapshot if needed, stream until shutdown.
+#[allow(clippy::too_many_arguments)]
 async fn attempt(
     config: &CdcConfig,
+    fence: Fence,
     state_file: &StateFile,
     delivery: &mut Delivery,
     summary: &mut RunSummary,
@@ -213,12 +297,21 @@ async fn attempt(
     let endpoint = Endpoint::parse(&config.source_url)?;
     let client = endpoint.connect().await?;
     summary.reached_source = true;
+    // A deposed instance stops here on a reconnect: its successor claimed the sink.
+    fence.check(delivery, state_file).await?;
+    if fence.0.is_some() {
+        postgres::take_over_slot(&client, &config.slot).await?;
+    }
     let mut state = state_file.load()?;
     if state.slot != config.slot {
         state = State {
             slot: config.slot.clone(),
             ..State::default()
         };
+    }
+    if fence.0.is_some() {
+        // The check above found no higher token on the record.
+        state.fencing_token = fence.0;
     }
     let setup = postgres::prepare(&client, &endpoint, config).await?;
     let mut slot_exists = setup.slot.is_some();
@@ -391,7 +484,15 @@ async fn attempt(
     repl.stop();
     let _ = repl.shutdown().await;
     // A clean stop returns with the slot released. The worker sends no final status
-    // on stop: persist the last confirmed position then, so nothing is sent twice.
+    // on stop: persist the last confirmed position then, so nothing is sent twice — unless
+    // this instance was deposed meanwhile (its successor owns the slot now).
+    let confirmed = match fence.check(delivery, state_file).await {
+        Ok(()) => confirmed,
+        Err(e) => {
+            tracing::warn!("not moving the slot on stop: {e}");
+            None
+        }
+    };
     advance_slot(&client, &config.slot, confirmed).await;
     if let Some(lsn) = confirmed {
         summary.confirmed_lsn = Some(format_lsn(lsn));

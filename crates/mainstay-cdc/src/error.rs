@@ -40,4 +40,15 @@ pub enum CdcError {
         /// What failed.
         message: String,
     },
+    /// A sink refused a write because a newer connector instance (a later leadership
+    /// epoch) has claimed it: this instance was deposed and must stop writing.
+    #[error("sink {sink} refused fencing token {presented}: a newer instance holds token {current} (this one was deposed)")]
+    Fenced {
+        /// The sink's name.
+        sink: String,
+        /// The token this instance presented.
+        presented: u64,
+        /// The highest token the sink has seen.
+        current: u64,
+    },
 }

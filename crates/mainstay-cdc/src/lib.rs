@@ -39,6 +39,8 @@ pub use outbox::{OutboxEvent, OutboxRouter};
 pub use sink::eventstore::EventStoreSink;
 #[cfg(feature = "nats")]
 pub use sink::jetstream::JetStreamSink;
+#[cfg(feature = "postgres-sink")]
+pub use sink::postgres::{PostgresSink, PostgresSinkMode};
 #[cfg(feature = "redis")]
 pub use sink::redis::RedisSink;
 pub use sink::{FileSink, NullSink, Sink, StdoutSink};

@@ -608,6 +608,36 @@ pub(crate) async fn wait_released(client: &Client, slot: &str) {
     }
 }
 
+/// Ends the walsender holding `slot`, if any, and waits until it let go: the elected
+/// instance of a highly available connector takes the slot from its deposed predecessor
+/// (paused or cut off, its walsender would hold the slot until `wal_sender_timeout`).
+pub(crate) async fn take_over_slot(client: &Client, slot: &str) -> Result<(), CdcError> {
+    let rows = client
+        .query(
+            "SELECT active_pid, pg_terminate_backend(active_pid) FROM pg_replication_slots
+             WHERE slot_name = $1 AND active_pid IS NOT NULL AND active_pid <> pg_backend_pid()",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| {
+            CdcError::Setup(format!(
+                "taking over slot {slot:?} from its previous holder: {} \
+                 (the connector's user must be the walsender's user, or have pg_signal_backend)",
+                db_message(&e)
+            ))
+        })?;
+    for row in rows {
+        let pid: i32 = row.get(0);
+        tracing::warn!(
+            slot,
+            pid,
+            "terminated the walsender of a deposed instance to take over the slot"
+        );
+    }
+    wait_released(client, slot).await;
+    Ok(())
+}
+
 /// Drops the slot (tests, `--drop-slot-on-stop`) once its walsender let it go.
 pub(crate) async fn drop_slot(client: &Client, slot: &str) -> Result<(), CdcError> {
     wait_released(client, slot).await;

@@ -10,6 +10,8 @@
 pub mod eventstore;
 #[cfg(feature = "nats")]
 pub mod jetstream;
+#[cfg(feature = "postgres-sink")]
+pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 
@@ -31,6 +33,16 @@ pub trait Sink: Send {
     /// or before it are not handed to it again. Default: `None` (cannot tell).
     async fn last_position(&mut self) -> Result<Option<Position>, CdcError> {
         Ok(None)
+    }
+
+    /// Claims the sink for the connector instance holding fencing token `token` (its
+    /// leadership epoch): from now on the sink refuses writes carrying a lower token with
+    /// [`CdcError::Fenced`], atomically with the write itself. Returns `false` when the sink
+    /// cannot enforce tokens (then a deposed instance may still write duplicates). Called
+    /// before anything else under high availability. Default: `Ok(false)`.
+    async fn fence(&mut self, token: u64) -> Result<bool, CdcError> {
+        let _ = token;
+        Ok(false)
     }
 
     /// Takes a batch, in source order. Returns once the events are durable; an error means

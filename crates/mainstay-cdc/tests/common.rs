@@ -158,9 +158,13 @@ pub fn init_logging() {
 }
 
 pub fn start(config: CdcConfig, sink: Box<dyn Sink>, state: &std::path::Path) -> Running {
+    start_connector(Connector::new(config, sink).state_file(state))
+}
+
+/// Runs `connector` in a task until stopped.
+pub fn start_connector(connector: Connector) -> Running {
     init_logging();
     let (tx, rx) = oneshot::channel::<()>();
-    let connector = Connector::new(config, sink).state_file(state);
     let task = tokio::spawn(connector.run(async move {
         let _ = rx.await;
     }));
@@ -265,6 +269,9 @@ impl Sink for FailAfter {
     }
     async fn last_position(&mut self) -> Result<Option<Position>, CdcError> {
         self.inner.last_position().await
+    }
+    async fn fence(&mut self, token: u64) -> Result<bool, CdcError> {
+        self.inner.fence(token).await
     }
     async fn write(&mut self, events: &[ChangeEvent]) -> Result<(), CdcError> {
         match self.room {

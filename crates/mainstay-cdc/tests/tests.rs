@@ -10,6 +10,8 @@ mod eventstore;
 mod jetstream;
 #[cfg(feature = "nats")]
 mod outbox;
+#[cfg(feature = "postgres-sink")]
+mod postgres_sink;
 #[cfg(feature = "redis")]
 mod redis_sink;
 mod restart;

@@ -46,6 +46,10 @@ pub(crate) struct CdcFile {
     nats_stream: Option<String>,
     outbox_table: Option<String>,
     redis_key_template: Option<String>,
+    postgres_sink_mode: Option<String>,
+    postgres_sink_schema: Option<String>,
+    ha: Option<bool>,
+    ha_ttl: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -78,7 +82,9 @@ pub(crate) struct RunArgs {
     /// stdout, null (encode and discard: benchmarks), file:PATH (fsynced, exactly once),
     /// jetstream:nats://HOST:PORT (subjects NAME.SCHEMA.TABLE, exactly once), events (the
     /// event store `[events]` configures; a stream per row, exactly once) or
-    /// redis:redis://HOST:PORT (a key per row holding its JSON, exactly once). Default: stdout.
+    /// redis:redis://HOST:PORT (a key per row holding its JSON, exactly once) or
+    /// postgres:postgres://HOST/DB (a replica or audit table, exactly once, fenced).
+    /// Default: stdout.
     #[arg(long)]
     sink: Option<String>,
     /// The JetStream stream for --sink jetstream: (created if missing). Default: `CDC_<NAME>`.
@@ -107,6 +113,22 @@ pub(crate) struct RunArgs {
     /// Drop the slot when stopping (tests only: changes made while stopped are lost).
     #[arg(long)]
     drop_slot_on_stop: bool,
+    /// With --sink postgres:, replica (a table per source table, a JSON row per source row)
+    /// or audit (every event's envelope). Default: replica.
+    #[arg(long)]
+    postgres_sink_mode: Option<mainstay_cdc::PostgresSinkMode>,
+    /// With --sink postgres:, the schema the sink's tables live in. Default: mainstay_cdc.
+    #[arg(long)]
+    postgres_sink_schema: Option<String>,
+    /// High availability: run as one of several instances of this connector; they elect
+    /// one active on the lock backend (--backend/--backend-url or [lock]), the others stand
+    /// by and take over within --ha-ttl when it dies or stalls. The active instance fences
+    /// the sink and the state file with its epoch (share the state file between them).
+    #[arg(long)]
+    ha: bool,
+    /// With --ha, the leadership lease: how long a silent active instance keeps it. Default: 10s.
+    #[arg(long)]
+    ha_ttl: Option<String>,
 }
 
 pub(crate) async fn run(
@@ -151,6 +173,10 @@ struct Settings {
     nats_stream: Option<String>,
     outbox_table: Option<String>,
     redis_key_template: Option<String>,
+    postgres_sink_mode: mainstay_cdc::PostgresSinkMode,
+    postgres_sink_schema: String,
+    ha: bool,
+    ha_ttl: Duration,
 }
 
 impl RunArgs {
@@ -183,7 +209,35 @@ impl RunArgs {
                 None => Default::default(),
             },
         };
+        let postgres_sink_mode = match self.postgres_sink_mode {
+            Some(m) => m,
+            None => match file.postgres_sink_mode {
+                Some(text) => text
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("[cdc] postgres_sink_mode: {e}"))?,
+                None => Default::default(),
+            },
+        };
+        let ha_ttl = match self.ha_ttl.or(file.ha_ttl) {
+            Some(text) => {
+                let ttl = mainstay_core::duration::parse(&text)
+                    .map_err(|e| anyhow::anyhow!("--ha-ttl: {e}"))?;
+                anyhow::ensure!(
+                    ttl >= Duration::from_secs(1),
+                    "--ha-ttl {text:?}: must be at least 1s (the lease is renewed every third of it)"
+                );
+                ttl
+            }
+            None => Duration::from_secs(10),
+        };
         Ok(Settings {
+            postgres_sink_mode,
+            postgres_sink_schema: self
+                .postgres_sink_schema
+                .or(file.postgres_sink_schema)
+                .unwrap_or_else(|| "mainstay_cdc".into()),
+            ha: self.ha || file.ha.unwrap_or(false),
+            ha_ttl,
             source: self.source.or(file.source).ok_or_else(|| {
                 anyhow::anyhow!(
                     "no source database: pass --source postgres://…, set MAINSTAY_CDC_SOURCE, or [cdc] source in mainstay.toml"
@@ -258,7 +312,115 @@ async fn run_connector(args: Settings, server: &crate::config::Config) -> anyhow
             "--outbox-table routes outbox events to a bus: it needs --sink jetstream:nats://…"
         );
     }
-    let sink: Box<dyn Sink> = match args.sink.as_str() {
+    if args.ha {
+        return run_ha(&args, config, server).await;
+    }
+    let sink = open_sink(&args, server).await?;
+    let mut connector = Connector::new(config, sink);
+    if let Some(path) = &args.state_file {
+        connector = connector.state_file(path);
+    }
+    let started = std::time::Instant::now();
+    let summary = connector.run(shutdown_signal()).await.context("cdc")?;
+    report(&summary, started);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(summary: &mainstay_cdc::RunSummary, started: std::time::Instant) {
+    eprintln!(
+        "mainstay cdc: {} events delivered ({} snapshot rows, {} already held) in {:.1?}; confirmed {}",
+        summary.delivered,
+        summary.snapshot_rows,
+        summary.skipped,
+        started.elapsed(),
+        summary.confirmed_lsn.as_deref().unwrap_or("nothing")
+    );
+}
+
+/// One of several instances of a connector: campaigns for `cdc.<name>` on the lock
+/// backend, runs the connector while it leads (fenced with its epoch), and stands by again
+/// when it loses the lease or finds itself fenced.
+async fn run_ha(
+    args: &Settings,
+    config: CdcConfig,
+    server: &crate::config::Config,
+) -> anyhow::Result<ExitCode> {
+    let election = mainstay_lock::Election::new(server.lock_client().await?);
+    let name = format!("cdc.{}", args.name);
+    let candidate = format!(
+        "{}@{}",
+        std::process::id(),
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into())
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            stop.cancel();
+        });
+    }
+    loop {
+        eprintln!("mainstay cdc: standing by for {name} as {candidate}");
+        let leadership = tokio::select! {
+            won = election.campaign(&name, &candidate, args.ha_ttl, Duration::from_secs(3600)) => won,
+            _ = stop.cancelled() => return Ok(ExitCode::SUCCESS),
+        };
+        let leadership = match leadership {
+            Ok(l) => l,
+            Err(mainstay_lock::LockError::Busy { .. }) => continue,
+            Err(e) => {
+                eprintln!("mainstay cdc: campaigning for {name}: {e}; retrying in 1s");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = stop.cancelled() => return Ok(ExitCode::SUCCESS),
+                }
+            }
+        };
+        let epoch = leadership.epoch();
+        eprintln!("mainstay cdc: elected for {name} (epoch {epoch}); running");
+        let sink = open_sink(args, server).await?;
+        let mut connector = Connector::new(config.clone(), sink).fencing_token(epoch);
+        if let Some(path) = &args.state_file {
+            connector = connector.state_file(path);
+        }
+        let started = std::time::Instant::now();
+        let stopping = stop.clone();
+        let outcome = tokio::select! {
+            outcome = connector.run(async move { stopping.cancelled().await }) => outcome,
+            // Leadership lost (or about to be): stop touching the slot and the sink at once;
+            // dropping the run closes its connections without a final confirmation.
+            _ = leadership.lost() => {
+                eprintln!("mainstay cdc: lost leadership of {name} (epoch {epoch}); stopped");
+                continue;
+            }
+        };
+        match outcome {
+            Ok(summary) => {
+                report(&summary, started);
+                let _ = leadership.resign().await;
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(e @ mainstay_cdc::CdcError::Fenced { .. }) => {
+                eprintln!("mainstay cdc: deposed (epoch {epoch}): {e}");
+                continue;
+            }
+            Err(e) => {
+                let _ = leadership.resign().await;
+                return Err(anyhow::Error::new(e).context("cdc"));
+            }
+        }
+    }
+}
+
+/// The sink `--sink` names.
+async fn open_sink(
+    args: &Settings,
+    server: &crate::config::Config,
+) -> anyhow::Result<Box<dyn Sink>> {
+    Ok(match args.sink.as_str() {
         "stdout" => Box::new(StdoutSink::new()),
         "null" => Box::new(NullSink::default()),
         // The event store `[events]` / --events-url names (SQLite by default).
@@ -287,28 +449,30 @@ async fn run_connector(args: Settings, server: &crate::config::Config) -> anyhow
                     mainstay_cdc::JetStreamSink::connect(url, &stream, &args.name, &args.name)
                         .await?,
                 )
+            } else if let Some(url) = other
+                .strip_prefix("postgres:")
+                .filter(|u| u.contains("://"))
+                .or_else(|| {
+                    (other.starts_with("postgres://") || other.starts_with("postgresql://"))
+                        .then_some(other)
+                })
+            {
+                Box::new(
+                    mainstay_cdc::PostgresSink::connect(
+                        url,
+                        &args.postgres_sink_schema,
+                        &args.name,
+                        args.postgres_sink_mode,
+                    )
+                    .await?,
+                )
             } else {
                 anyhow::bail!(
-                    "--sink {other:?}: expected stdout, null, events, file:PATH, redis:redis://HOST:PORT or jetstream:nats://HOST:PORT"
+                    "--sink {other:?}: expected stdout, null, events, file:PATH, redis:redis://HOST:PORT, jetstream:nats://HOST:PORT or postgres:postgres://HOST/DB"
                 )
             }
         }
-    };
-    let mut connector = Connector::new(config, sink);
-    if let Some(path) = &args.state_file {
-        connector = connector.state_file(path);
-    }
-    let started = std::time::Instant::now();
-    let summary = connector.run(shutdown_signal()).await.context("cdc")?;
-    eprintln!(
-        "mainstay cdc: {} events delivered ({} snapshot rows, {} already held) in {:.1?}; confirmed {}",
-        summary.delivered,
-        summary.snapshot_rows,
-        summary.skipped,
-        started.elapsed(),
-        summary.confirmed_lsn.as_deref().unwrap_or("nothing")
-    );
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -1,6 +1,7 @@
 //! Integration tests of the `mainstay` binary and its HTTP API (one test binary).
 
 mod cdc_crash;
+mod cdc_failover;
 mod cli;
 mod common;
 mod events_crash;
