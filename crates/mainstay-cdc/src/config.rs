@@ -182,6 +182,8 @@ pub struct CdcConfig {
     pub(crate) linger: Duration,
     pub(crate) status_interval: Duration,
     pub(crate) drop_slot_on_stop: bool,
+    pub(crate) signal_table: Option<TableName>,
+    pub(crate) incremental_chunk_size: usize,
 }
 
 impl CdcConfig {
@@ -206,7 +208,32 @@ impl CdcConfig {
             linger: Duration::from_millis(20),
             status_interval: Duration::from_secs(1),
             drop_slot_on_stop: false,
+            signal_table: None,
+            incremental_chunk_size: 1024,
         }
+    }
+
+    /// The signal table (Debezium's `signal.data.collection`): rows inserted into it
+    /// (`id text PRIMARY KEY, type text, data text`) steer the connector —
+    /// `execute-snapshot` with data `{"data-collections": ["schema.table", …]}` starts an
+    /// incremental snapshot of those tables, `stop-snapshot` (optionally with the same
+    /// data) cancels it, `pause-snapshot` / `resume-snapshot` hold and continue it. Created
+    /// if missing and added to a filtered publication; its own rows never reach the sink.
+    /// Default: none.
+    pub fn signal_table(mut self, table: TableName) -> Self {
+        self.signal_table = Some(table);
+        self
+    }
+
+    /// Rows per chunk of an incremental snapshot. Default: 1024.
+    pub fn incremental_chunk_size(mut self, rows: usize) -> Self {
+        self.incremental_chunk_size = rows.max(1);
+        self
+    }
+
+    /// Whether `table` is the signal table.
+    pub fn is_signal_table(&self, table: &TableName) -> bool {
+        self.signal_table.as_ref() == Some(table)
     }
 
     /// The replication slot. Default: `mainstay`. Lowercase letters, digits and `_`.
@@ -336,6 +363,7 @@ impl CdcConfig {
     pub fn captures(&self, table: &TableName) -> bool {
         (self.tables.is_empty() || self.tables.contains(table))
             && !self.exclude_tables.contains(table)
+            && !self.is_signal_table(table)
     }
 
     pub(crate) fn validate(&self) -> Result<(), CdcError> {

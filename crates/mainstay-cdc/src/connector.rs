@@ -27,6 +27,8 @@ use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationE
 use crate::config::{CdcConfig, SnapshotMode};
 use crate::error::CdcError;
 use crate::event::{format_lsn, ChangeEvent, Position, SourceInfo};
+use crate::postgres::incremental::{Incremental, Progress};
+use crate::postgres::stream::WATERMARK_PREFIX;
 use crate::postgres::{self, db_message, snapshot::SnapshotRun, stream::Decoder, Endpoint};
 use crate::sink::Sink;
 use crate::types::SESSION_OPTIONS;
@@ -78,6 +80,12 @@ struct State {
     /// instance with a lower token may not overwrite it.
     #[serde(default)]
     fencing_token: Option<u64>,
+    /// The incremental snapshot under way (queue, last key emitted), if any.
+    #[serde(default)]
+    incremental: Progress,
+    /// How far the initial snapshot got (tables left, last key delivered), while it runs.
+    #[serde(default)]
+    snapshot_progress: Option<Progress>,
 }
 
 /// What one run did.
@@ -93,6 +101,8 @@ pub struct RunSummary {
     pub confirmed_lsn: Option<String>,
     /// Whether the source was reached at least once.
     pub reached_source: bool,
+    /// Rows read by incremental snapshots.
+    pub incremental_rows: u64,
 }
 
 /// A PostgreSQL connector feeding one sink.
@@ -331,11 +341,44 @@ async fn attempt(
         }
     }
     if slot_exists && state.snapshot_slot_created && !state.snapshot_done {
-        // Our own slot from a snapshot that never finished: it has confirmed nothing,
-        // so a new slot and a new snapshot lose nothing.
-        tracing::info!(slot = %config.slot, "the last snapshot did not finish; recreating its slot and starting it again");
-        postgres::drop_slot(&client, &config.slot).await?;
-        slot_exists = false;
+        // Our own slot from a snapshot that never finished: it has confirmed nothing, so
+        // it still streams every change since the snapshot's consistent point. What the
+        // snapshot did not deliver is read as an incremental snapshot from where it
+        // stopped (chunks by primary key, consistent with the stream) — or, when a table
+        // left has no primary key to resume by, a new slot and a new snapshot lose nothing.
+        match resumable(&client, state.snapshot_progress.as_ref()).await? {
+            Some(left) => {
+                tracing::info!(
+                    slot = %config.slot,
+                    tables = left.queue.len(),
+                    "the initial snapshot did not finish; resuming it incrementally from {} after its last key delivered",
+                    left.queue.first().map(String::as_str).unwrap_or("")
+                );
+                let mut queue = left.queue.clone();
+                queue.extend(
+                    state
+                        .incremental
+                        .queue
+                        .iter()
+                        .filter(|t| !left.queue.contains(t))
+                        .cloned(),
+                );
+                state.incremental = Progress {
+                    queue,
+                    last_key: left.last_key,
+                    paused: false,
+                };
+                state.snapshot_done = true;
+                state.snapshot_slot_created = false;
+                state.snapshot_progress = None;
+                state_file.save(&state)?;
+            }
+            None => {
+                tracing::info!(slot = %config.slot, "the last snapshot did not finish; recreating its slot and starting it again");
+                postgres::drop_slot(&client, &config.slot).await?;
+                slot_exists = false;
+            }
+        }
     }
     let need_snapshot = match config.snapshot_mode {
         SnapshotMode::NoData => false,
@@ -432,10 +475,24 @@ async fn attempt(
             source: source.clone(),
             config,
         };
-        let stats = run.run(delivery).await?;
+        let resumable_slot = state.snapshot_slot_created;
+        let stats = {
+            let state = &mut state;
+            let mut on_progress = |progress: Progress| {
+                // Only a slot created for this snapshot can be resumed from (it holds
+                // every change since the rows were read).
+                if !resumable_slot {
+                    return Ok(());
+                }
+                state.snapshot_progress = Some(progress);
+                state_file.save(state)
+            };
+            run.run(delivery, &mut on_progress).await?
+        };
         summary.snapshot_rows = stats.rows;
         state.snapshot_done = true;
         state.snapshot_slot_created = false;
+        state.snapshot_progress = None;
         state_file.save(&state)?;
         tracing::info!(
             rows = stats.rows,
@@ -475,8 +532,24 @@ async fn attempt(
     }
 
     let decoder_client = endpoint.connect().await?;
-    let mut decoder = Decoder::new(decoder_client, config, source);
-    let outcome = stream(config, &mut repl, &mut decoder, delivery, shutdown).await;
+    let mut decoder = Decoder::new(decoder_client, config, source.clone());
+    let mut incremental = Incremental::new(state.incremental.clone());
+    let mut saver = Saver {
+        file: state_file,
+        state: &mut state,
+    };
+    let outcome = stream(
+        config,
+        &mut repl,
+        &mut decoder,
+        delivery,
+        &mut incremental,
+        &mut saver,
+        &source,
+        shutdown,
+    )
+    .await;
+    summary.incremental_rows += incremental.rows;
     let confirmed = match &outcome {
         Ok(lsn) => *lsn,
         Err(_) => None,
@@ -500,12 +573,62 @@ async fn attempt(
     outcome.map(|_| ())
 }
 
+/// What is left of an interrupted initial snapshot, if it can be resumed: some progress
+/// was recorded and every table left has a primary key to read it on by.
+async fn resumable(
+    client: &tokio_postgres::Client,
+    progress: Option<&Progress>,
+) -> Result<Option<Progress>, CdcError> {
+    let Some(progress) = progress else {
+        return Ok(None);
+    };
+    for table in &progress.queue {
+        let name = crate::config::TableName::parse(table)?;
+        let keyed: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND i.indisprimary)",
+                &[&name.schema, &name.table],
+            )
+            .await
+            .map_err(|e| {
+                CdcError::Setup(format!(
+                    "looking up the primary key of {name}: {}",
+                    db_message(&e)
+                ))
+            })?
+            .get(0);
+        if !keyed {
+            return Ok(None);
+        }
+    }
+    Ok(Some(progress.clone()))
+}
+
+/// Saves the connector's record while streaming (incremental snapshot progress).
+struct Saver<'a> {
+    file: &'a StateFile,
+    state: &'a mut State,
+}
+
+impl Saver<'_> {
+    fn save_progress(&mut self, progress: &Progress) -> Result<(), CdcError> {
+        self.state.incremental = progress.clone();
+        self.file.save(self.state)
+    }
+}
+
 /// Streams until shutdown; returns the last LSN confirmed.
+#[allow(clippy::too_many_arguments)]
 async fn stream(
     config: &CdcConfig,
     repl: &mut ReplicationClient,
     decoder: &mut Decoder,
     delivery: &mut Delivery,
+    incremental: &mut Incremental,
+    saver: &mut Saver<'_>,
+    source: &Arc<SourceInfo>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Option<u64>, CdcError> {
     let mut shutdown = std::pin::pin!(shutdown);
@@ -529,6 +652,11 @@ async fn stream(
                 delivery.deliver(std::mem::take(&mut batch)).await?;
                 batch.reserve(config.max_batch);
             }
+            // Snapshot progress is recorded once the rows it covers are in the sink.
+            if incremental.dirty {
+                saver.save_progress(incremental.progress())?;
+                incremental.dirty = false;
+            }
             if let Some(end) = last_commit_end {
                 if confirmed.is_none_or(|c| end > c) {
                     repl.update_applied_lsn(Lsn::from_u64(end));
@@ -539,6 +667,11 @@ async fn stream(
     }
 
     loop {
+        if incremental.wants_window() {
+            incremental
+                .open_window(decoder.client(), config, source)
+                .await?;
+        }
         let event = tokio::select! {
             biased;
             _ = &mut shutdown => {
@@ -587,7 +720,17 @@ async fn stream(
             ReplicationEvent::XLogData {
                 wal_start, data, ..
             } => {
-                let events = decoder.data(wal_start.as_u64(), data).await?;
+                let mut events = decoder.data(wal_start.as_u64(), data).await?;
+                if let Some(signal) = &config.signal_table {
+                    events.retain(|e| {
+                        let is_signal = *e.table == *signal.table && *e.schema == *signal.schema;
+                        if is_signal && e.op == crate::event::Op::Create {
+                            incremental.signal(config, e);
+                        }
+                        !is_signal
+                    });
+                }
+                incremental.observe(&events);
                 batch.extend(events);
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
@@ -601,7 +744,11 @@ async fn stream(
                 content,
             } => {
                 let in_tx = decoder.in_transaction();
-                if let Some(event) =
+                if prefix == WATERMARK_PREFIX {
+                    if let Some(rows) = incremental.close(lsn.as_u64(), &content) {
+                        batch.extend(rows);
+                    }
+                } else if let Some(event) =
                     decoder.message(transactional, lsn.as_u64(), prefix, content.to_vec())
                 {
                     batch.push(event);

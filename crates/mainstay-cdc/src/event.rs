@@ -202,6 +202,8 @@ pub enum SnapshotMarker {
     LastInDataCollection,
     /// See [`SnapshotMarker::True`].
     Last,
+    /// A row read by an incremental snapshot: `"incremental"`.
+    Incremental,
 }
 
 impl SnapshotMarker {
@@ -213,6 +215,7 @@ impl SnapshotMarker {
             SnapshotMarker::FirstInDataCollection => "first_in_data_collection",
             SnapshotMarker::LastInDataCollection => "last_in_data_collection",
             SnapshotMarker::Last => "last",
+            SnapshotMarker::Incremental => "incremental",
         }
     }
 }

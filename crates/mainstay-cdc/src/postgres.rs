@@ -6,6 +6,7 @@
 //! again. A slot is never dropped unless `drop_slot_on_stop` says so, or it was created by a
 //! snapshot that never finished and nothing was ever confirmed from it.
 
+pub(crate) mod incremental;
 pub(crate) mod snapshot;
 pub(crate) mod stream;
 
@@ -421,6 +422,34 @@ pub(crate) async fn prepare(
             )));
         }
     }
+    if let Some(signal) = &config.signal_table {
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {} (id text PRIMARY KEY, type text NOT NULL, data text)",
+                signal.quoted()
+            ))
+            .await
+            .map_err(|e| {
+                setup_err(
+                    &format!(
+                        "creating the signal table {signal} (create it yourself: id text PRIMARY KEY, type text NOT NULL, data text)"
+                    ),
+                    e,
+                )
+            })?;
+    }
+    // The tables a filtered publication covers: the include list and the signal table.
+    let published: Vec<TableName> = config
+        .tables
+        .iter()
+        .chain(
+            config
+                .signal_table
+                .iter()
+                .filter(|_| !config.tables.is_empty()),
+        )
+        .cloned()
+        .collect();
     // Every included table must exist, and be readable by the snapshot.
     for table in &config.tables {
         let exists: bool = client
@@ -469,7 +498,7 @@ pub(crate) async fn prepare(
             let all: bool = row.get(0);
             if !all && config.publication_autocreate == PublicationAutocreate::Filtered {
                 // Debezium's filtered mode: make the publication cover the include list.
-                for table in &config.tables {
+                for table in &published {
                     let covered: bool = client
                         .query_one(
                             "SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)",
@@ -522,8 +551,7 @@ pub(crate) async fn prepare(
                     format!(
                         "CREATE PUBLICATION {} FOR TABLE {}",
                         quote_ident(&config.publication),
-                        config
-                            .tables
+                        published
                             .iter()
                             .map(TableName::quoted)
                             .collect::<Vec<_>>()

@@ -6,6 +6,7 @@ mod consistency;
 mod envelope;
 #[cfg(feature = "eventstore")]
 mod eventstore;
+mod incremental;
 #[cfg(feature = "nats")]
 mod jetstream;
 #[cfg(feature = "nats")]

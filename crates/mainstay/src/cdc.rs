@@ -14,6 +14,34 @@ pub(crate) enum CdcCommand {
     /// Snapshot the tables, then stream their changes as Debezium JSON to a sink until
     /// interrupted (SIGINT/SIGTERM stop cleanly, confirming what the sink holds).
     Run(Box<RunArgs>),
+    /// Start an incremental snapshot of TABLEs now (a row in the signal table the running
+    /// connector reads: `execute-snapshot`); the connector reads them in primary-key chunks
+    /// while streaming, without reordering any key's changes.
+    Snapshot {
+        /// The source database (postgres:// URL).
+        #[arg(long, env = "MAINSTAY_CDC_SOURCE")]
+        source: String,
+        /// The signal table the connector was started with (--signal-table).
+        #[arg(long)]
+        signal_table: String,
+        /// Tables to snapshot (SCHEMA.TABLE).
+        #[arg(required = true)]
+        tables: Vec<String>,
+    },
+    /// Send a signal to the running connector: stop-snapshot (of TABLEs, or all),
+    /// pause-snapshot or resume-snapshot (or execute-snapshot, as `cdc snapshot`).
+    Signal {
+        /// The source database (postgres:// URL).
+        #[arg(long, env = "MAINSTAY_CDC_SOURCE")]
+        source: String,
+        /// The signal table the connector was started with (--signal-table).
+        #[arg(long)]
+        signal_table: String,
+        /// execute-snapshot, stop-snapshot, pause-snapshot or resume-snapshot.
+        kind: String,
+        /// The tables it is about (execute-snapshot, stop-snapshot).
+        tables: Vec<String>,
+    },
     /// The replication slot: confirmed position, lag and retained WAL.
     Status {
         /// The source database (postgres:// URL).
@@ -50,6 +78,8 @@ pub(crate) struct CdcFile {
     postgres_sink_schema: Option<String>,
     ha: Option<bool>,
     ha_ttl: Option<String>,
+    signal_table: Option<String>,
+    incremental_chunk_size: Option<usize>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -120,6 +150,13 @@ pub(crate) struct RunArgs {
     /// With --sink postgres:, the schema the sink's tables live in. Default: mainstay_cdc.
     #[arg(long)]
     postgres_sink_schema: Option<String>,
+    /// The signal table (created if missing): rows inserted there start, stop, pause and
+    /// resume incremental snapshots (`mainstay cdc snapshot` / `cdc signal` write them).
+    #[arg(long)]
+    signal_table: Option<String>,
+    /// Rows per incremental snapshot chunk. Default: 1024.
+    #[arg(long)]
+    incremental_chunk_size: Option<usize>,
     /// High availability: run as one of several instances of this connector; they elect
     /// one active on the lock backend (--backend/--backend-url or [lock]), the others stand
     /// by and take over within --ha-ttl when it dies or stalls. The active instance fences
@@ -138,6 +175,17 @@ pub(crate) async fn run(
     let file = std::mem::take(&mut config.cdc);
     match cmd {
         CdcCommand::Run(args) => run_connector(args.merged(file)?, &config).await,
+        CdcCommand::Snapshot {
+            source,
+            signal_table,
+            tables,
+        } => send_signal(&source, &signal_table, "execute-snapshot", &tables).await,
+        CdcCommand::Signal {
+            source,
+            signal_table,
+            kind,
+            tables,
+        } => send_signal(&source, &signal_table, &kind, &tables).await,
         CdcCommand::Status { source, slot } => {
             let status = mainstay_cdc::slot_status(&source, &slot).await?;
             match status {
@@ -152,6 +200,62 @@ pub(crate) async fn run(
             }
         }
     }
+}
+
+/// Inserts a signal row for the running connector.
+async fn send_signal(
+    source: &str,
+    signal_table: &str,
+    kind: &str,
+    tables: &[String],
+) -> anyhow::Result<ExitCode> {
+    const KINDS: [&str; 4] = [
+        "execute-snapshot",
+        "stop-snapshot",
+        "pause-snapshot",
+        "resume-snapshot",
+    ];
+    anyhow::ensure!(
+        KINDS.contains(&kind),
+        "unknown signal {kind:?}: expected one of {}",
+        KINDS.join(", ")
+    );
+    anyhow::ensure!(
+        kind != "execute-snapshot" || !tables.is_empty(),
+        "execute-snapshot needs at least one table (SCHEMA.TABLE)"
+    );
+    let signal = TableName::parse(signal_table)?;
+    let tables = tables
+        .iter()
+        .map(|t| TableName::parse(t).map(|t| t.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let data = if tables.is_empty() {
+        None
+    } else {
+        Some(serde_json::json!({ "data-collections": tables, "type": "incremental" }).to_string())
+    };
+    let (client, connection) = tokio_postgres::connect(source, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to {}", mainstay_core::connect::redact(source)))?;
+    tokio::spawn(connection);
+    let id = mainstay_core::id::unguessable();
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {} (id, type, data) VALUES ($1, $2, $3)",
+                signal.quoted()
+            ),
+            &[&id, &kind, &data],
+        )
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "writing the signal to {signal}: {} (is the connector running with --signal-table {signal}?)",
+                e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
+            )
+        })?;
+    println!("{id}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The settings after flags override `[cdc]`, and both override the defaults.
@@ -177,6 +281,8 @@ struct Settings {
     postgres_sink_schema: String,
     ha: bool,
     ha_ttl: Duration,
+    signal_table: Option<String>,
+    incremental_chunk_size: usize,
 }
 
 impl RunArgs {
@@ -237,6 +343,11 @@ impl RunArgs {
                 .or(file.postgres_sink_schema)
                 .unwrap_or_else(|| "mainstay_cdc".into()),
             ha: self.ha || file.ha.unwrap_or(false),
+            signal_table: self.signal_table.or(file.signal_table),
+            incremental_chunk_size: self
+                .incremental_chunk_size
+                .or(file.incremental_chunk_size)
+                .unwrap_or(1024),
             ha_ttl,
             source: self.source.or(file.source).ok_or_else(|| {
                 anyhow::anyhow!(
@@ -301,6 +412,14 @@ async fn run_connector(args: Settings, server: &crate::config::Config) -> anyhow
     if let Some(mode) = args.publication_autocreate {
         config = config.publication_autocreate(mode);
     }
+    if let Some(table) = &args.signal_table {
+        config = config.signal_table(TableName::parse(table)?);
+    }
+    anyhow::ensure!(
+        args.incremental_chunk_size > 0,
+        "--incremental-chunk-size must be at least 1"
+    );
+    config = config.incremental_chunk_size(args.incremental_chunk_size);
     if let Some(t) = &args.redis_key_template {
         anyhow::ensure!(
             args.sink.starts_with("redis:"),

@@ -17,6 +17,8 @@ use crate::error::CdcError;
 use crate::event::{now_us, ChangeEvent, Op, Position, Row, SnapshotMarker, SourceInfo};
 use crate::types::{convert, DecimalHandling};
 
+use super::incremental::Progress;
+
 /// What a snapshot read.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SnapshotStats {
@@ -38,7 +40,14 @@ pub(crate) struct SnapshotRun<'a> {
 }
 
 impl SnapshotRun<'_> {
-    pub(crate) async fn run(&self, delivery: &mut Delivery) -> Result<SnapshotStats, CdcError> {
+    /// Reads every table, handing rows to `delivery` chunk by chunk; after each chunk the
+    /// sink took, `on_progress` gets what is left (the tables not finished, and the raw
+    /// primary key of the last row delivered of the first), so a crash can resume there.
+    pub(crate) async fn run(
+        &self,
+        delivery: &mut Delivery,
+        on_progress: &mut (dyn FnMut(Progress) -> Result<(), CdcError> + Send),
+    ) -> Result<SnapshotStats, CdcError> {
         let client = self.endpoint.connect().await?;
         let err = |what: &str, e: tokio_postgres::Error| {
             self.endpoint
@@ -60,7 +69,13 @@ impl SnapshotRun<'_> {
         let mut index = 0u64;
         // The last row read is held back until the next one shows whether it ends its table
         // or the whole snapshot (Debezium's last_in_data_collection / last markers).
-        let mut held: Option<ChangeEvent> = None;
+        let mut held: Option<(ChangeEvent, usize, Vec<String>)> = None;
+        // Where the last row handed to the sink came from: table index and raw key.
+        let progress_of = |table: usize, key: Vec<String>| Progress {
+            queue: self.tables[table..].iter().map(|t| t.to_string()).collect(),
+            last_key: Some(key),
+            paused: false,
+        };
         for (t, name) in self.tables.iter().enumerate() {
             let Some((_, mut table)) = catalog
                 .table(&client, name)
@@ -82,9 +97,23 @@ impl SnapshotRun<'_> {
             } else {
                 columns
             };
+            // In primary-key order, so a crash can resume after the last key delivered.
+            let order = if table.key.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ORDER BY {}",
+                    table
+                        .key
+                        .iter()
+                        .map(|&i| quote_ident(&table.columns[i].name))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
             client
                 .batch_execute(&format!(
-                    "DECLARE mainstay_snapshot NO SCROLL CURSOR FOR SELECT {select_list} FROM {}",
+                    "DECLARE mainstay_snapshot NO SCROLL CURSOR FOR SELECT {select_list} FROM {}{order}",
                     name.quoted()
                 ))
                 .await
@@ -99,6 +128,7 @@ impl SnapshotRun<'_> {
                     .await
                     .map_err(|e| err(&format!("reading {name}"), e))?;
                 let mut chunk = Vec::with_capacity(self.fetch_size + 1);
+                let mut chunk_end: Option<(usize, Vec<String>)> = None;
                 let mut fetched = 0usize;
                 for message in messages {
                     let SimpleQueryMessage::Row(row) = message else {
@@ -116,14 +146,23 @@ impl SnapshotRun<'_> {
                         first_in_table = false;
                     }
                     stats.rows += 1;
-                    if let Some(prev) = held.replace(event) {
+                    let raw_key = table
+                        .key
+                        .iter()
+                        .map(|&k| row.get(k).unwrap_or_default().to_string())
+                        .collect();
+                    if let Some((prev, prev_table, prev_key)) = held.replace((event, t, raw_key)) {
                         chunk.push(prev);
+                        chunk_end = Some((prev_table, prev_key));
                     }
                 }
                 // A short fetch ends the table (the held row is its last).
                 let done = fetched < self.fetch_size;
                 if !chunk.is_empty() {
                     delivery.deliver(chunk).await?;
+                    if let Some((table, key)) = chunk_end {
+                        on_progress(progress_of(table, key))?;
+                    }
                 }
                 if done {
                     break;
@@ -133,7 +172,7 @@ impl SnapshotRun<'_> {
                 .batch_execute("CLOSE mainstay_snapshot")
                 .await
                 .map_err(|e| err("closing the cursor", e))?;
-            if let Some(last) = held.as_mut() {
+            if let Some((last, _, _)) = held.as_mut() {
                 if &*last.table == name.table.as_str()
                     && &*last.schema == name.schema.as_str()
                     && last.snapshot != SnapshotMarker::First
@@ -143,7 +182,7 @@ impl SnapshotRun<'_> {
             }
             tracing::info!(table = %name, rows = stats.rows, "snapshot: table {} of {} read", t + 1, self.tables.len());
         }
-        if let Some(mut last) = held.take() {
+        if let Some((mut last, _, _)) = held.take() {
             last.snapshot = SnapshotMarker::Last;
             delivery.deliver(vec![last]).await?;
         }

@@ -23,6 +23,8 @@ pub(crate) const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 /// The prefix of the heartbeat messages the connector writes; they advance the slot and
 /// are not handed to sinks.
 pub(crate) const HEARTBEAT_PREFIX: &str = "mainstay.heartbeat";
+/// The prefix of an incremental snapshot's window watermarks (never delivered).
+pub(crate) const WATERMARK_PREFIX: &str = "mainstay.watermark";
 
 struct Transaction {
     xid: u32,
@@ -91,7 +93,7 @@ impl Decoder {
         prefix: String,
         content: Vec<u8>,
     ) -> Option<ChangeEvent> {
-        if prefix == HEARTBEAT_PREFIX {
+        if prefix == HEARTBEAT_PREFIX || prefix == WATERMARK_PREFIX {
             return None;
         }
         let (position, tx_id, ts) = match (&mut self.tx, transactional) {
@@ -251,7 +253,8 @@ impl Decoder {
             },
             table: relation_name.to_string(),
         };
-        let captured = self.config.captures(&name);
+        // The signal table's inserts reach the connector too (it intercepts them).
+        let captured = self.config.captures(&name) || self.config.is_signal_table(&name);
         let mut cols = Vec::with_capacity(columns.len());
         for c in &columns {
             let kind = self
