@@ -184,6 +184,8 @@ pub struct CdcConfig {
     pub(crate) drop_slot_on_stop: bool,
     pub(crate) signal_table: Option<TableName>,
     pub(crate) incremental_chunk_size: usize,
+    pub(crate) transaction_metadata: bool,
+    pub(crate) tombstones_on_delete: bool,
 }
 
 impl CdcConfig {
@@ -210,7 +212,25 @@ impl CdcConfig {
             drop_slot_on_stop: false,
             signal_table: None,
             incremental_chunk_size: 1024,
+            transaction_metadata: false,
+            tombstones_on_delete: false,
         }
+    }
+
+    /// Debezium's `provide.transaction.metadata`: a BEGIN and an END event around each
+    /// transaction's changes (`op = Transaction`; END counts them, per table), and a
+    /// `transaction` block {id, total_order, data_collection_order} on each change.
+    /// Transactions without a captured change produce none. Default: off.
+    pub fn transaction_metadata(mut self, on: bool) -> Self {
+        self.transaction_metadata = on;
+        self
+    }
+
+    /// Debezium's `tombstones.on.delete`: after each delete, a tombstone (the row's key,
+    /// a `null` value) for log-compacted consumers. Default: off.
+    pub fn tombstones_on_delete(mut self, on: bool) -> Self {
+        self.tombstones_on_delete = on;
+        self
     }
 
     /// The signal table (Debezium's `signal.data.collection`): rows inserted into it

@@ -734,7 +734,7 @@ async fn stream(
                 batch.extend(events);
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
-                decoder.commit();
+                batch.extend(decoder.commit());
                 last_commit_end = Some(end_lsn.as_u64());
             }
             ReplicationEvent::Message {
@@ -748,10 +748,13 @@ async fn stream(
                     if let Some(rows) = incremental.close(lsn.as_u64(), &content) {
                         batch.extend(rows);
                     }
-                } else if let Some(event) =
-                    decoder.message(transactional, lsn.as_u64(), prefix, content.to_vec())
-                {
-                    batch.push(event);
+                } else {
+                    batch.extend(decoder.message(
+                        transactional,
+                        lsn.as_u64(),
+                        prefix,
+                        content.to_vec(),
+                    ));
                 }
                 if !transactional && !in_tx {
                     // A non-transactional message stands alone: once it (and everything

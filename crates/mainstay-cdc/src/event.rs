@@ -101,8 +101,9 @@ pub fn parse_lsn(text: &str) -> Option<u64> {
     Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
 
-/// Debezium's operation codes.
+/// Debezium's operation codes (more may come: match with a wildcard arm).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Op {
     /// `c`: a row was inserted.
     Create,
@@ -116,6 +117,12 @@ pub enum Op {
     Truncate,
     /// `m`: a logical decoding message (`pg_logical_emit_message`).
     Message,
+    /// A transaction's BEGIN or END (opt-in transaction metadata; Debezium writes these
+    /// to the `<name>.transaction` topic): see [`ChangeEvent::boundary`].
+    Transaction,
+    /// The tombstone after a delete (opt-in): the deleted row's key with a `null` value,
+    /// so a log-compacted topic forgets the key.
+    Tombstone,
 }
 
 impl Op {
@@ -128,8 +135,33 @@ impl Op {
             Op::Read => "r",
             Op::Truncate => "t",
             Op::Message => "m",
+            Op::Transaction => "tx",
+            Op::Tombstone => "tombstone",
         }
     }
+}
+
+/// Where a change sits in its transaction (Debezium's `transaction` block).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionOrder {
+    /// The transaction's id: `"<txId>:<commit LSN>"`.
+    pub id: Arc<str>,
+    /// The event's position among all of the transaction's events, from 1.
+    pub total_order: u64,
+    /// Its position among the transaction's events of the same table, from 1.
+    pub data_collection_order: u64,
+}
+
+/// A transaction's BEGIN or END event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionBoundary {
+    /// `BEGIN` (true) or `END` (false).
+    pub begin: bool,
+    /// The transaction's id, as in [`TransactionOrder::id`].
+    pub id: Arc<str>,
+    /// On END: the number of change events the transaction produced, and per table
+    /// (`schema.table`) how many.
+    pub counts: Option<(u64, Vec<(String, u64)>)>,
 }
 
 /// A row image: column names and values in the table's column order.
@@ -249,6 +281,10 @@ pub struct ChangeEvent {
     pub snapshot: SnapshotMarker,
     /// The connector's name and database.
     pub source: Arc<SourceInfo>,
+    /// With transaction metadata on: where the change sits in its transaction.
+    pub transaction: Option<TransactionOrder>,
+    /// For `op = Transaction`: the BEGIN or END it marks.
+    pub boundary: Option<Box<TransactionBoundary>>,
 }
 
 /// The connector's version, written to `source.version`.
@@ -313,10 +349,52 @@ impl Serialize for Message<'_> {
     }
 }
 
+struct Order<'a>(&'a TransactionOrder);
+
+impl Serialize for Order<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("transaction", 3)?;
+        s.serialize_field("id", &*self.0.id)?;
+        s.serialize_field("total_order", &self.0.total_order)?;
+        s.serialize_field("data_collection_order", &self.0.data_collection_order)?;
+        s.end()
+    }
+}
+
+struct Collection<'a>(&'a (String, u64));
+
+impl Serialize for Collection<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("data_collection", 2)?;
+        s.serialize_field("data_collection", &self.0 .0)?;
+        s.serialize_field("event_count", &self.0 .1)?;
+        s.end()
+    }
+}
+
 impl Serialize for Envelope<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let e = self.event;
-        let mut s = serializer.serialize_struct("envelope", 8)?;
+        match (e.op, &e.boundary) {
+            // Debezium's tombstone: a null value under the row's key.
+            (Op::Tombstone, _) => return serializer.serialize_unit(),
+            (Op::Transaction, Some(b)) => {
+                let mut s = serializer.serialize_struct("transaction", 5)?;
+                s.serialize_field("status", if b.begin { "BEGIN" } else { "END" })?;
+                s.serialize_field("id", &*b.id)?;
+                s.serialize_field("event_count", &b.counts.as_ref().map(|c| c.0))?;
+                s.serialize_field(
+                    "data_collections",
+                    &b.counts
+                        .as_ref()
+                        .map(|c| c.1.iter().map(Collection).collect::<Vec<_>>()),
+                )?;
+                s.serialize_field("ts_ms", &e.source_ts_us.div_euclid(1000))?;
+                return s.end();
+            }
+            _ => {}
+        }
+        let mut s = serializer.serialize_struct("envelope", 9)?;
         if !matches!(e.op, Op::Truncate | Op::Message) {
             s.serialize_field("before", &e.before)?;
             s.serialize_field("after", &e.after)?;
@@ -329,6 +407,7 @@ impl Serialize for Envelope<'_> {
         if let Some(message) = &e.message {
             s.serialize_field("message", &Message(message))?;
         }
+        s.serialize_field("transaction", &e.transaction.as_ref().map(Order))?;
         s.end()
     }
 }

@@ -198,7 +198,7 @@ pub fn apply(events: &[ChangeEvent]) -> State {
                 rows.remove(&key(before));
             }
             Op::Truncate => rows.clear(),
-            Op::Message => {}
+            _ => {}
         }
     }
     state

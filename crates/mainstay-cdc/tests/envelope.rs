@@ -293,3 +293,97 @@ async fn a_primary_key_change_is_a_delete_and_a_create_and_column_rules_apply() 
     // A masked NULL stays NULL.
     assert_eq!(envelope(&events[3])["after"]["ssn"], Value::Null);
 }
+
+/// Opt-in transaction metadata (BEGIN/END around each transaction with captured changes,
+/// a `transaction` block on each change) and tombstones after deletes, as Debezium shapes
+/// them; a transaction touching only an uncaptured table produces neither.
+#[tokio::test]
+async fn transaction_metadata_and_tombstones_in_debeziums_shape() {
+    let url = database().await;
+    let db = client(&url).await;
+    db.batch_execute(
+        "CREATE TABLE a (id int PRIMARY KEY, v text);
+         CREATE TABLE b (id int PRIMARY KEY);
+         CREATE TABLE elsewhere (id int PRIMARY KEY);",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let received = Received::default();
+    let config = CdcConfig::new("shop", &url)
+        .slot("txmeta")
+        .tables(vec![
+            TableName::parse("a").unwrap(),
+            TableName::parse("b").unwrap(),
+        ])
+        .transaction_metadata(true)
+        .tombstones_on_delete(true)
+        .drop_slot_on_stop(true);
+    let running = start(
+        config,
+        Box::new(MemorySink::new(&received)),
+        &dir.path().join("state"),
+    );
+    wait_streaming(&url, "txmeta").await;
+    db.batch_execute(
+        "INSERT INTO elsewhere VALUES (1);
+         BEGIN;
+         INSERT INTO a VALUES (1, 'one'), (2, 'two');
+         INSERT INTO b VALUES (9);
+         DELETE FROM a WHERE id = 1;
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    received
+        .wait(Duration::from_secs(30), "the END event", |e| {
+            e.iter()
+                .any(|e| e.op == Op::Transaction && e.boundary.as_ref().is_some_and(|b| !b.begin))
+        })
+        .await;
+    running.stop().await.expect("clean stop");
+    let events = received.snapshot();
+    assert_in_source_order(&events);
+    let values: Vec<Value> = events.iter().map(envelope).collect();
+    let ops: Vec<&str> = events.iter().map(|e| e.op.code()).collect();
+    assert_eq!(
+        ops,
+        ["tx", "c", "c", "c", "d", "tombstone", "tx"],
+        "{values:#?}"
+    );
+    let xid = events[1].tx_id.unwrap();
+    let id = format!("{xid}:{}", events[1].position.commit_lsn);
+    let begin = &values[0];
+    assert_eq!(begin["status"], "BEGIN");
+    assert_eq!(begin["id"], id.as_str());
+    assert_eq!(begin["event_count"], Value::Null);
+    assert_eq!(begin["data_collections"], Value::Null);
+    assert!(begin["ts_ms"].as_i64().unwrap() > 1_600_000_000_000);
+    let orders: Vec<(u64, u64)> = values[1..5]
+        .iter()
+        .map(|v| {
+            assert_eq!(v["transaction"]["id"], id.as_str());
+            (
+                v["transaction"]["total_order"].as_u64().unwrap(),
+                v["transaction"]["data_collection_order"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(orders, [(1, 1), (2, 2), (3, 1), (4, 3)]);
+    // The tombstone: the deleted row's key, a null value.
+    assert_eq!(values[5], Value::Null);
+    assert_eq!(events[5].key.as_ref().unwrap().to_value(), json!({"id": 1}));
+    let end = &values[6];
+    assert_eq!(end["status"], "END");
+    assert_eq!(end["id"], id.as_str());
+    assert_eq!(end["event_count"], 4);
+    assert_eq!(
+        end["data_collections"],
+        json!([
+            {"data_collection": "public.a", "event_count": 3},
+            {"data_collection": "public.b", "event_count": 1}
+        ])
+    );
+    // Without the option the block is there, null, as in Debezium's envelope.
+    assert!(values[1].as_object().unwrap().contains_key("transaction"));
+}

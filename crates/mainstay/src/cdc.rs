@@ -80,6 +80,8 @@ pub(crate) struct CdcFile {
     ha_ttl: Option<String>,
     signal_table: Option<String>,
     incremental_chunk_size: Option<usize>,
+    transaction_metadata: Option<bool>,
+    tombstones_on_delete: Option<bool>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -154,6 +156,13 @@ pub(crate) struct RunArgs {
     /// resume incremental snapshots (`mainstay cdc snapshot` / `cdc signal` write them).
     #[arg(long)]
     signal_table: Option<String>,
+    /// Debezium's provide.transaction.metadata: BEGIN/END events around each transaction
+    /// and a `transaction` block on each change.
+    #[arg(long)]
+    transaction_metadata: bool,
+    /// Debezium's tombstones.on.delete: a tombstone (key, null value) after each delete.
+    #[arg(long)]
+    tombstones_on_delete: bool,
     /// Rows per incremental snapshot chunk. Default: 1024.
     #[arg(long)]
     incremental_chunk_size: Option<usize>,
@@ -283,6 +292,8 @@ struct Settings {
     ha_ttl: Duration,
     signal_table: Option<String>,
     incremental_chunk_size: usize,
+    transaction_metadata: bool,
+    tombstones_on_delete: bool,
 }
 
 impl RunArgs {
@@ -344,6 +355,10 @@ impl RunArgs {
                 .unwrap_or_else(|| "mainstay_cdc".into()),
             ha: self.ha || file.ha.unwrap_or(false),
             signal_table: self.signal_table.or(file.signal_table),
+            transaction_metadata: self.transaction_metadata
+                || file.transaction_metadata.unwrap_or(false),
+            tombstones_on_delete: self.tombstones_on_delete
+                || file.tombstones_on_delete.unwrap_or(false),
             incremental_chunk_size: self
                 .incremental_chunk_size
                 .or(file.incremental_chunk_size)
@@ -419,7 +434,10 @@ async fn run_connector(args: Settings, server: &crate::config::Config) -> anyhow
         args.incremental_chunk_size > 0,
         "--incremental-chunk-size must be at least 1"
     );
-    config = config.incremental_chunk_size(args.incremental_chunk_size);
+    config = config
+        .incremental_chunk_size(args.incremental_chunk_size)
+        .transaction_metadata(args.transaction_metadata)
+        .tombstones_on_delete(args.tombstones_on_delete);
     if let Some(t) = &args.redis_key_template {
         anyhow::ensure!(
             args.sink.starts_with("redis:"),

@@ -287,6 +287,8 @@ impl Incremental {
                 source_ts_us: started_us,
                 snapshot: SnapshotMarker::Incremental,
                 source: source.clone(),
+                transaction: None,
+                boundary: None,
             };
             window.order.push(key_text.clone());
             window.rows.insert(key_text, event);
@@ -328,7 +330,7 @@ impl Incremental {
                         window.rows.remove(&key.to_value().to_string());
                     }
                 }
-                Op::Read | Op::Message => {}
+                Op::Read | Op::Message | Op::Transaction | Op::Tombstone => {}
             }
         }
     }

@@ -230,6 +230,8 @@ impl SnapshotRun<'_> {
             source_ts_us: started_us,
             snapshot: SnapshotMarker::True,
             source: self.source.clone(),
+            transaction: None,
+            boundary: None,
         })
     }
 }

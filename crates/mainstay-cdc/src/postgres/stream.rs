@@ -31,6 +31,10 @@ struct Transaction {
     commit_lsn: u64,
     commit_ts_us: i64,
     next_index: u64,
+    /// Transaction metadata: whether BEGIN went out, the change count, and per table.
+    began: bool,
+    total: u64,
+    per_table: Vec<(String, u64)>,
 }
 
 struct Relation {
@@ -73,12 +77,128 @@ impl Decoder {
             xid,
             commit_lsn: final_lsn,
             commit_ts_us: commit_time_micros + PG_EPOCH_OFFSET_US,
-            next_index: 0,
+            // With transaction metadata, index 0 is the BEGIN event's.
+            next_index: u64::from(self.config.transaction_metadata),
+            began: false,
+            total: 0,
+            per_table: Vec::new(),
         });
     }
 
-    pub(crate) fn commit(&mut self) {
-        self.tx = None;
+    /// Ends the transaction; with transaction metadata, its END event (if it had changes).
+    pub(crate) fn commit(&mut self) -> Option<ChangeEvent> {
+        let tx = self.tx.take()?;
+        if !tx.began {
+            return None;
+        }
+        Some(self.boundary(
+            &tx,
+            tx.next_index,
+            tx.commit_lsn,
+            Some((tx.total, tx.per_table.clone())),
+        ))
+    }
+
+    fn transaction_id(tx: &Transaction) -> Arc<str> {
+        Arc::from(format!("{}:{}", tx.xid, tx.commit_lsn))
+    }
+
+    fn boundary(
+        &self,
+        tx: &Transaction,
+        index: u64,
+        lsn: u64,
+        counts: Option<(u64, Vec<(String, u64)>)>,
+    ) -> ChangeEvent {
+        ChangeEvent {
+            op: Op::Transaction,
+            schema: Arc::from(""),
+            table: Arc::from(""),
+            key: None,
+            before: None,
+            after: None,
+            message: None,
+            position: Position {
+                commit_lsn: tx.commit_lsn,
+                lsn,
+                index,
+                snapshot: false,
+            },
+            tx_id: Some(tx.xid),
+            source_ts_us: tx.commit_ts_us,
+            snapshot: SnapshotMarker::False,
+            source: self.source.clone(),
+            transaction: None,
+            boundary: Some(Box::new(crate::event::TransactionBoundary {
+                begin: counts.is_none(),
+                id: Self::transaction_id(tx),
+                counts,
+            })),
+        }
+    }
+
+    /// Adds tombstones after deletes and transaction metadata (BEGIN before the first
+    /// change, the `transaction` block on each), renumbering the events' indexes so they
+    /// stay consecutive in the transaction.
+    fn decorate(&mut self, events: Vec<ChangeEvent>) -> Vec<ChangeEvent> {
+        let (tombstones, metadata) = (
+            self.config.tombstones_on_delete,
+            self.config.transaction_metadata,
+        );
+        if events.is_empty() || !(tombstones || metadata) || self.tx.is_none() {
+            return events;
+        }
+        let start = events[0].position.index;
+        let mut out = Vec::with_capacity(events.len() + 2);
+        for event in events {
+            let tombstone =
+                (tombstones && event.op == Op::Delete && event.key.is_some()).then(|| {
+                    ChangeEvent {
+                        op: Op::Tombstone,
+                        before: None,
+                        after: None,
+                        transaction: None,
+                        ..event.clone()
+                    }
+                });
+            out.push(event);
+            out.extend(tombstone);
+        }
+        let tx = self.tx.as_mut().expect("checked above");
+        for (i, event) in out.iter_mut().enumerate() {
+            event.position.index = start + i as u64;
+        }
+        tx.next_index = start + out.len() as u64;
+        if metadata {
+            let id = Self::transaction_id(tx);
+            for event in out.iter_mut().filter(|e| e.op != Op::Tombstone) {
+                let table = format!("{}.{}", event.schema, event.table);
+                tx.total += 1;
+                let per_table = match tx.per_table.iter_mut().find(|(t, _)| *t == table) {
+                    Some((_, n)) => {
+                        *n += 1;
+                        *n
+                    }
+                    None => {
+                        tx.per_table.push((table, 1));
+                        1
+                    }
+                };
+                event.transaction = Some(crate::event::TransactionOrder {
+                    id: id.clone(),
+                    total_order: tx.total,
+                    data_collection_order: per_table,
+                });
+            }
+            if !tx.began {
+                tx.began = true;
+                let lsn = out[0].position.lsn;
+                let tx = self.tx.as_ref().expect("checked above");
+                let begin = self.boundary(tx, 0, lsn, None);
+                out.insert(0, begin);
+            }
+        }
+        out
     }
 
     pub(crate) fn in_transaction(&self) -> bool {
@@ -86,7 +206,23 @@ impl Decoder {
     }
 
     /// A logical decoding message; heartbeats are `None`.
+    /// A logical decoding message (with transaction metadata, decorated like a change);
+    /// heartbeats and watermarks give nothing.
     pub(crate) fn message(
+        &mut self,
+        transactional: bool,
+        lsn: u64,
+        prefix: String,
+        content: Vec<u8>,
+    ) -> Vec<ChangeEvent> {
+        match self.raw_message(transactional, lsn, prefix, content) {
+            Some(event) if transactional => self.decorate(vec![event]),
+            Some(event) => vec![event],
+            None => Vec::new(),
+        }
+    }
+
+    fn raw_message(
         &mut self,
         transactional: bool,
         lsn: u64,
@@ -135,6 +271,8 @@ impl Decoder {
             source_ts_us: ts,
             snapshot: SnapshotMarker::False,
             source: self.source.clone(),
+            transaction: None,
+            boundary: None,
         })
     }
 
@@ -145,6 +283,11 @@ impl Decoder {
         lsn: u64,
         data: bytes::Bytes,
     ) -> Result<Vec<ChangeEvent>, CdcError> {
+        let events = self.decode(lsn, data).await?;
+        Ok(self.decorate(events))
+    }
+
+    async fn decode(&mut self, lsn: u64, data: bytes::Bytes) -> Result<Vec<ChangeEvent>, CdcError> {
         let message = self
             .parser
             .parse_wal_message_bytes(data)
@@ -408,6 +551,8 @@ impl Decoder {
             source_ts_us: ts,
             snapshot: SnapshotMarker::False,
             source: self.source.clone(),
+            transaction: None,
+            boundary: None,
         }
     }
 }

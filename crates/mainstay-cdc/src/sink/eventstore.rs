@@ -42,6 +42,8 @@ fn event_type(op: Op) -> &'static str {
         Op::Read => "RowRead",
         Op::Truncate => "TableTruncated",
         Op::Message => "LogicalMessage",
+        Op::Transaction => "TransactionBoundary",
+        Op::Tombstone => "RowTombstone",
     }
 }
 
@@ -76,6 +78,9 @@ impl EventStoreSink {
     pub fn stream_of(&self, event: &ChangeEvent) -> String {
         if event.op == Op::Message {
             return format!("{}-messages", self.prefix);
+        }
+        if event.op == Op::Transaction {
+            return format!("{}-transactions", self.prefix);
         }
         let table = format!("{}-{}.{}", self.prefix, event.schema, event.table);
         let Some(key) = &event.key else { return table };

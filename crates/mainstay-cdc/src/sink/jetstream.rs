@@ -116,7 +116,9 @@ impl JetStreamSink {
     }
 
     fn subject(&self, event: &ChangeEvent) -> String {
-        if event.table.is_empty() {
+        if event.op == crate::event::Op::Transaction {
+            format!("{}.transaction", self.prefix)
+        } else if event.table.is_empty() {
             format!("{}.message", self.prefix)
         } else {
             format!(

@@ -235,7 +235,7 @@ impl PostgresSink {
                     plan.truncated = true;
                     plan.rows.clear();
                 }
-                Op::Message => {}
+                Op::Message | Op::Transaction | Op::Tombstone => {}
             }
         }
         order

@@ -158,7 +158,7 @@ impl Sink for RedisSink {
                         cursor = next;
                     }
                 }
-                Op::Message => {}
+                Op::Message | Op::Transaction | Op::Tombstone => {}
             }
         }
         pipe.cmd("SET")
