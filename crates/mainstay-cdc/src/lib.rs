@@ -43,5 +43,7 @@ pub use sink::jetstream::JetStreamSink;
 pub use sink::postgres::{PostgresSink, PostgresSinkMode};
 #[cfg(feature = "redis")]
 pub use sink::redis::RedisSink;
+#[cfg(feature = "webhook")]
+pub use sink::webhook::WebhookSink;
 pub use sink::{FileSink, NullSink, Sink, StdoutSink};
 pub use status::{slot_status, SlotStatus};

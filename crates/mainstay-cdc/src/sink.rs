@@ -14,6 +14,8 @@ pub mod jetstream;
 pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "webhook")]
+pub mod webhook;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

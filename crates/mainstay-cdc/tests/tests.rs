@@ -18,3 +18,5 @@ mod redis_sink;
 mod restart;
 mod setup;
 mod slot;
+#[cfg(feature = "webhook")]
+mod webhook;

@@ -82,6 +82,8 @@ pub(crate) struct CdcFile {
     incremental_chunk_size: Option<usize>,
     transaction_metadata: Option<bool>,
     tombstones_on_delete: Option<bool>,
+    #[serde(default)]
+    webhook_headers: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -115,8 +117,8 @@ pub(crate) struct RunArgs {
     /// jetstream:nats://HOST:PORT (subjects NAME.SCHEMA.TABLE, exactly once), events (the
     /// event store `[events]` configures; a stream per row, exactly once) or
     /// redis:redis://HOST:PORT (a key per row holding its JSON, exactly once) or
-    /// postgres:postgres://HOST/DB (a replica or audit table, exactly once, fenced).
-    /// Default: stdout.
+    /// postgres:postgres://HOST/DB (a replica or audit table, exactly once, fenced) or
+    /// webhook:https://HOST/PATH (a POST per batch, retried, at least once). Default: stdout.
     #[arg(long)]
     sink: Option<String>,
     /// The JetStream stream for --sink jetstream: (created if missing). Default: `CDC_<NAME>`.
@@ -145,6 +147,10 @@ pub(crate) struct RunArgs {
     /// Drop the slot when stopping (tests only: changes made while stopped are lost).
     #[arg(long)]
     drop_slot_on_stop: bool,
+    /// With --sink webhook:, a header for every request, as `NAME: VALUE` (repeatable;
+    /// e.g. an Authorization header).
+    #[arg(long = "webhook-header")]
+    webhook_headers: Vec<String>,
     /// With --sink postgres:, replica (a table per source table, a JSON row per source row)
     /// or audit (every event's envelope). Default: replica.
     #[arg(long)]
@@ -294,6 +300,7 @@ struct Settings {
     incremental_chunk_size: usize,
     transaction_metadata: bool,
     tombstones_on_delete: bool,
+    webhook_headers: Vec<(String, String)>,
 }
 
 impl RunArgs {
@@ -347,7 +354,20 @@ impl RunArgs {
             }
             None => Duration::from_secs(10),
         };
+        let webhook_headers = if self.webhook_headers.is_empty() {
+            file.webhook_headers
+        } else {
+            self.webhook_headers
+        }
+        .iter()
+        .map(|h| {
+            h.split_once(':')
+                .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| anyhow::anyhow!("--webhook-header {h:?}: expected NAME: VALUE"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Settings {
+            webhook_headers,
             postgres_sink_mode,
             postgres_sink_schema: self
                 .postgres_sink_schema
@@ -603,9 +623,14 @@ async fn open_sink(
                     )
                     .await?,
                 )
+            } else if let Some(url) = other.strip_prefix("webhook:").filter(|u| !u.is_empty()) {
+                Box::new(mainstay_cdc::WebhookSink::new(
+                    url,
+                    args.webhook_headers.clone(),
+                )?)
             } else {
                 anyhow::bail!(
-                    "--sink {other:?}: expected stdout, null, events, file:PATH, redis:redis://HOST:PORT, jetstream:nats://HOST:PORT or postgres:postgres://HOST/DB"
+                    "--sink {other:?}: expected stdout, null, events, file:PATH, redis:redis://HOST:PORT, jetstream:nats://HOST:PORT, postgres:postgres://HOST/DB or webhook:https://HOST/PATH"
                 )
             }
         }
