@@ -27,6 +27,7 @@ use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationE
 use crate::config::{CdcConfig, SnapshotMode};
 use crate::error::CdcError;
 use crate::event::{format_lsn, ChangeEvent, Position, SourceInfo};
+use crate::observe::{Observer, Phase};
 use crate::postgres::incremental::{Incremental, Progress};
 use crate::postgres::stream::WATERMARK_PREFIX;
 use crate::postgres::{self, db_message, snapshot::SnapshotRun, stream::Decoder, Endpoint};
@@ -36,6 +37,7 @@ use crate::types::SESSION_OPTIONS;
 /// Hands events to the sink, dropping those it already holds.
 pub(crate) struct Delivery {
     sink: Box<dyn Sink>,
+    pub(crate) observer: Option<Arc<Observer>>,
     /// Events at or before this position are already in the sink.
     skip_through: Option<Position>,
     pub(crate) delivered: u64,
@@ -52,7 +54,15 @@ impl Delivery {
         if events.is_empty() {
             return Ok(());
         }
-        self.sink.write(&events).await?;
+        if let Err(e) = self.sink.write(&events).await {
+            if let Some(o) = &self.observer {
+                o.sink_error(&e.to_string());
+            }
+            return Err(e);
+        }
+        if let Some(o) = &self.observer {
+            o.delivered(&events);
+        }
         self.delivered += events.len() as u64;
         // What this process delivered is skipped when a reconnect sends it again, for
         // every sink (a sink's own last_position covers restarts of the process).
@@ -111,6 +121,7 @@ pub struct Connector {
     sink: Box<dyn Sink>,
     state: StateFile,
     fencing_token: Option<u64>,
+    observer: Option<Arc<Observer>>,
 }
 
 /// The file holding [`State`], replaced atomically.
@@ -146,7 +157,15 @@ impl Connector {
             sink,
             state,
             fencing_token: None,
+            observer: None,
         }
+    }
+
+    /// Reports the connector's phase, deliveries, lag and errors to `observer` (for a
+    /// status endpoint, metrics and a live tail).
+    pub fn observer(mut self, observer: Arc<Observer>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Runs as the elected active instance of a highly available connector, `token` being
@@ -233,6 +252,7 @@ impl Connector {
             mut sink,
             state: state_file,
             fencing_token,
+            observer,
         } = self;
         config.validate()?;
         let fence = Fence(fencing_token);
@@ -250,6 +270,7 @@ impl Connector {
         let skip_through = sink.last_position().await?;
         let mut delivery = Delivery {
             sink,
+            observer: observer.clone(),
             skip_through,
             delivered: 0,
             skipped: 0,
@@ -272,6 +293,9 @@ impl Connector {
                 // source (a wrong URL) reports that at once instead of retrying forever.
                 Err(CdcError::Source { address, message }) if summary.reached_source => {
                     tracing::warn!(%address, %message, "lost the source; reconnecting in {pause:?}");
+                    if let Some(o) = &observer {
+                        o.reconnecting(&format!("{address}: {message}"));
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}
                         _ = shutdown.as_mut() => break Ok(()),
@@ -290,6 +314,9 @@ impl Connector {
                 }
             }
         }
+        if let Some(o) = &observer {
+            o.ended(outcome.as_ref().err().map(|e| e.to_string()).as_deref());
+        }
         outcome.map(|()| summary)
     }
 }
@@ -304,6 +331,12 @@ async fn attempt(
     summary: &mut RunSummary,
     shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<(), CdcError> {
+    let observe = |phase: Phase| {
+        if let Some(o) = &delivery.observer {
+            o.phase(phase);
+        }
+    };
+    observe(Phase::Starting);
     let endpoint = Endpoint::parse(&config.source_url)?;
     let client = endpoint.connect().await?;
     summary.reached_source = true;
@@ -465,6 +498,9 @@ async fn attempt(
     }
 
     if need_snapshot {
+        if let Some(o) = &delivery.observer {
+            o.phase(Phase::Snapshot);
+        }
         let run = SnapshotRun {
             endpoint: &endpoint,
             tables: &setup.tables,
@@ -532,6 +568,10 @@ async fn attempt(
     }
 
     let decoder_client = endpoint.connect().await?;
+    if let Some(o) = &delivery.observer {
+        o.phase(Phase::Streaming);
+        o.incremental_queue(&state.incremental.queue);
+    }
     let mut decoder = Decoder::new(decoder_client, config, source.clone());
     let mut incremental = Incremental::new(state.incremental.clone());
     let mut saver = Saver {
@@ -656,11 +696,17 @@ async fn stream(
             if incremental.dirty {
                 saver.save_progress(incremental.progress())?;
                 incremental.dirty = false;
+                if let Some(o) = &delivery.observer {
+                    o.incremental_queue(&incremental.progress().queue);
+                }
             }
             if let Some(end) = last_commit_end {
                 if confirmed.is_none_or(|c| end > c) {
                     repl.update_applied_lsn(Lsn::from_u64(end));
                     confirmed = Some(end);
+                    if let Some(o) = &delivery.observer {
+                        o.confirmed(end);
+                    }
                 }
             }
         }};

@@ -24,6 +24,7 @@ pub mod config;
 pub mod connector;
 pub mod error;
 pub mod event;
+pub mod observe;
 pub mod outbox;
 mod postgres;
 pub mod sink;
@@ -34,6 +35,7 @@ pub use config::{CdcConfig, ColumnName, PublicationAutocreate, SnapshotMode, Tab
 pub use connector::{Connector, RunSummary};
 pub use error::CdcError;
 pub use event::{ChangeEvent, Op, Position, Row};
+pub use observe::{ConnectorStatus, Observer, Phase};
 pub use outbox::{OutboxEvent, OutboxRouter};
 #[cfg(feature = "eventstore")]
 pub use sink::eventstore::EventStoreSink;

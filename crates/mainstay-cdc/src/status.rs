@@ -5,6 +5,7 @@ use crate::postgres::{db_message, Endpoint};
 
 /// A replication slot as the server reports it.
 #[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SlotStatus {
     /// The slot's name.
     pub slot: String,

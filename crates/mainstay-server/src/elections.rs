@@ -186,5 +186,8 @@ pub(crate) async fn observe(
             Err(e) => Event::default().event("error").data(e.to_string()),
         })
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(
+        Sse::new(stream.take_until(s.shutdown.clone().cancelled_owned()))
+            .keep_alive(KeepAlive::default()),
+    )
 }

@@ -520,7 +520,11 @@ pub(crate) async fn subscribe_all(
             }
         }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(futures::StreamExt::take_until(
+        stream,
+        s.shutdown.clone().cancelled_owned(),
+    ))
+    .keep_alive(KeepAlive::default()))
 }
 
 /// A durable subscription's checkpoint (`null` before the first save).

@@ -9,7 +9,8 @@
 //! [`mainstay_txn`]), `/v1/txns` (two-phase commit over HTTP participants and PostgreSQL
 //! resources), `/v1/streams/{stream}` (append, read, delete, metadata), `/v1/all` (read,
 //! subscribe as Server-Sent Events) and `/v1/subscriptions/{name}` (durable checkpoints;
-//! [`mainstay_eventstore`]), `/healthz`, `/readyz`, `/metrics` (Prometheus text).
+//! [`mainstay_eventstore`]), `/v1/cdc` (the CDC connectors it runs, their slots, a live
+//! tail; [`mainstay_cdc`]), `/healthz`, `/readyz`, `/metrics` (Prometheus text).
 //!
 //! Guarantees: bad input (malformed JSON, unknown fields, out-of-range values, names with
 //! `/` or over 256 characters, bodies over 1 MiB) gets a 4xx problem and changes nothing; a
@@ -21,6 +22,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod auth;
+mod cdc;
 mod elections;
 mod events;
 mod locks;
@@ -67,6 +69,9 @@ pub struct AppState {
     pub(crate) token: Option<Arc<str>>,
     pub(crate) targets: Arc<AllowedTargets>,
     pub(crate) max_wait_ms: u64,
+    pub(crate) cdc: Arc<Vec<Arc<mainstay_cdc::Observer>>>,
+    /// Cancelled when the server shuts down: long-lived streams (SSE) end with it.
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -99,7 +104,15 @@ impl AppState {
             token: token.map(Arc::from),
             targets: Arc::new(AllowedTargets::any()),
             max_wait_ms: mainstay_lock::MAX_WAIT.as_millis() as u64,
+            cdc: Arc::new(Vec::new()),
+            shutdown: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// The CDC connectors this server runs (`GET /v1/cdc`, their tails and metrics).
+    pub fn with_cdc(mut self, connectors: Vec<Arc<mainstay_cdc::Observer>>) -> Self {
+        self.cdc = Arc::new(connectors);
+        self
     }
 
     /// The URLs saga steps and 2PC HTTP participants may name. Default: any
@@ -185,6 +198,9 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(events::subscribe_all))
         .routes(routes!(events::checkpoint))
         .routes(routes!(events::save_checkpoint))
+        .routes(routes!(cdc::list))
+        .routes(routes!(cdc::get))
+        .routes(routes!(cdc::tail))
 }
 
 /// Routes outside `/v1` auth: health, readiness, metrics, the document itself.
@@ -326,7 +342,29 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // Server-Sent Event streams end when shutdown begins (they would otherwise hold the
+    // graceful shutdown open forever); other requests get a grace period to finish.
+    let token = state.shutdown.clone();
+    let begun = tokio_util::sync::CancellationToken::new();
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown({
+        let begun = begun.clone();
+        async move {
+            shutdown.await;
+            token.cancel();
+            begun.cancel();
+        }
+    });
+    tokio::select! {
+        outcome = std::future::IntoFuture::into_future(server) => outcome,
+        _ = async {
+            begun.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("requests still open {SHUTDOWN_GRACE:?} after shutdown began; stopping anyway");
+            Ok(())
+        }
+    }
 }
+
+/// How long requests in flight may take to finish once shutdown begins.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);

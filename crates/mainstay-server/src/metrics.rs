@@ -148,5 +148,6 @@ pub(crate) async fn render(State(s): State<AppState>) -> impl IntoResponse {
         "# HELP mainstay_sagas_active Sagas this server is driving now\n# TYPE mainstay_sagas_active gauge\nmainstay_sagas_active{{log=\"{log}\"}} {}\n",
         m.active
     ));
+    text.push_str(&crate::cdc::metrics(&s).await);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

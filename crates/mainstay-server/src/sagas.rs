@@ -257,6 +257,7 @@ pub(crate) async fn events(
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, Problem> {
+    let shutdown = s.shutdown.clone();
     let id = path(id)?;
     let after = match headers.get("last-event-id") {
         Some(v) => v
@@ -331,5 +332,9 @@ pub(crate) async fn events(
             }
         }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(futures::StreamExt::take_until(
+        stream,
+        shutdown.cancelled_owned(),
+    ))
+    .keep_alive(KeepAlive::default()))
 }

@@ -4,8 +4,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use std::sync::Arc;
+
 use mainstay_cdc::{
-    CdcConfig, Connector, FileSink, NullSink, PublicationAutocreate, Sink, SnapshotMode,
+    CdcConfig, Connector, FileSink, NullSink, Observer, PublicationAutocreate, Sink, SnapshotMode,
     StdoutSink, TableName,
 };
 
@@ -416,7 +418,65 @@ impl RunArgs {
     }
 }
 
-async fn run_connector(args: Settings, server: &crate::config::Config) -> anyhow::Result<ExitCode> {
+/// What a connector needs from the server's configuration.
+struct Env {
+    events: mainstay_core::config::BackendConfig,
+    data_dir: std::path::PathBuf,
+    locks: Option<mainstay_lock::LockClient>,
+}
+
+impl Env {
+    async fn new(args: &Settings, server: &crate::config::Config) -> anyhow::Result<Env> {
+        Ok(Env {
+            events: server.events.clone(),
+            data_dir: server.data_dir.clone(),
+            locks: if args.ha {
+                Some(server.lock_client().await?)
+            } else {
+                None
+            },
+        })
+    }
+}
+
+/// `[cdc]` run by `mainstay serve`: when the section names a source, its connector starts
+/// with the server (under high availability too, with `ha = true`) and stops with it; its
+/// observer feeds `GET /v1/cdc`, the tail and the metrics.
+pub(crate) async fn for_serve(
+    server: &mut crate::config::Config,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Option<(Arc<Observer>, tokio::task::JoinHandle<()>)>> {
+    let file = std::mem::take(&mut server.cdc);
+    if file.source.is_none() {
+        return Ok(None);
+    }
+    #[derive(clap::Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+    let args = <Defaults as clap::Parser>::try_parse_from(["mainstay"])
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .run
+        .merged(file)
+        .context("[cdc]")?;
+    let config = cdc_config(&args).context("[cdc]")?;
+    let env = Env::new(&args, server).await?;
+    let observer = Observer::with_source(&args.name, &args.slot, &args.sink, &args.source);
+    let task = {
+        let observer = observer.clone();
+        tokio::spawn(async move {
+            let name = args.name.clone();
+            if let Err(e) = drive(&args, config, &env, Some(observer.clone()), stop).await {
+                tracing::error!(connector = %name, "cdc connector stopped: {e:#}");
+                observer.failed(&format!("{e:#}"));
+            }
+        })
+    };
+    Ok(Some((observer, task)))
+}
+
+fn cdc_config(args: &Settings) -> anyhow::Result<CdcConfig> {
     let tables = args
         .tables
         .iter()
@@ -469,16 +529,47 @@ async fn run_connector(args: Settings, server: &crate::config::Config) -> anyhow
             "--outbox-table routes outbox events to a bus: it needs --sink jetstream:nats://…"
         );
     }
-    if args.ha {
-        return run_ha(&args, config, server).await;
+    Ok(config)
+}
+
+async fn run_connector(args: Settings, server: &crate::config::Config) -> anyhow::Result<ExitCode> {
+    let config = cdc_config(&args)?;
+    let env = Env::new(&args, server).await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            stop.cancel();
+        });
     }
-    let sink = open_sink(&args, server).await?;
+    drive(&args, config, &env, None, stop).await
+}
+
+/// Runs the connector (or, with --ha, one instance of it) until `stop`.
+async fn drive(
+    args: &Settings,
+    config: CdcConfig,
+    env: &Env,
+    observer: Option<Arc<Observer>>,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<ExitCode> {
+    if args.ha {
+        return run_ha(args, config, env, observer, stop).await;
+    }
+    let sink = open_sink(args, env).await?;
     let mut connector = Connector::new(config, sink);
     if let Some(path) = &args.state_file {
         connector = connector.state_file(path);
     }
+    if let Some(o) = observer {
+        connector = connector.observer(o);
+    }
     let started = std::time::Instant::now();
-    let summary = connector.run(shutdown_signal()).await.context("cdc")?;
+    let summary = connector
+        .run(async move { stop.cancelled().await })
+        .await
+        .context("cdc")?;
     report(&summary, started);
     Ok(ExitCode::SUCCESS)
 }
@@ -500,9 +591,14 @@ fn report(summary: &mainstay_cdc::RunSummary, started: std::time::Instant) {
 async fn run_ha(
     args: &Settings,
     config: CdcConfig,
-    server: &crate::config::Config,
+    env: &Env,
+    observer: Option<Arc<Observer>>,
+    stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<ExitCode> {
-    let election = mainstay_lock::Election::new(server.lock_client().await?);
+    let Some(locks) = env.locks.clone() else {
+        anyhow::bail!("high availability needs the lock backend");
+    };
+    let election = mainstay_lock::Election::new(locks);
     let name = format!("cdc.{}", args.name);
     let candidate = format!(
         "{}@{}",
@@ -511,16 +607,11 @@ async fn run_ha(
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "localhost".into())
     );
-    let stop = tokio_util::sync::CancellationToken::new();
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            stop.cancel();
-        });
-    }
     loop {
         eprintln!("mainstay cdc: standing by for {name} as {candidate}");
+        if let Some(o) = &observer {
+            o.standby();
+        }
         let leadership = tokio::select! {
             won = election.campaign(&name, &candidate, args.ha_ttl, Duration::from_secs(3600)) => won,
             _ = stop.cancelled() => return Ok(ExitCode::SUCCESS),
@@ -538,8 +629,11 @@ async fn run_ha(
         };
         let epoch = leadership.epoch();
         eprintln!("mainstay cdc: elected for {name} (epoch {epoch}); running");
-        let sink = open_sink(args, server).await?;
+        let sink = open_sink(args, env).await?;
         let mut connector = Connector::new(config.clone(), sink).fencing_token(epoch);
+        if let Some(o) = &observer {
+            connector = connector.observer(o.clone());
+        }
         if let Some(path) = &args.state_file {
             connector = connector.state_file(path);
         }
@@ -573,16 +667,13 @@ async fn run_ha(
 }
 
 /// The sink `--sink` names.
-async fn open_sink(
-    args: &Settings,
-    server: &crate::config::Config,
-) -> anyhow::Result<Box<dyn Sink>> {
+async fn open_sink(args: &Settings, env: &Env) -> anyhow::Result<Box<dyn Sink>> {
     Ok(match args.sink.as_str() {
         "stdout" => Box::new(StdoutSink::new()),
         "null" => Box::new(NullSink::default()),
         // The event store `[events]` / --events-url names (SQLite by default).
         "events" => {
-            let store = mainstay_eventstore::connect(&server.events, &server.data_dir).await?;
+            let store = mainstay_eventstore::connect(&env.events, &env.data_dir).await?;
             Box::new(mainstay_cdc::EventStoreSink::new(store, &args.name).await?)
         }
         other => {

@@ -23,7 +23,7 @@ pub(crate) struct ServeArgs {
     max_wait: Option<String>,
 }
 
-pub(crate) async fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let listen = args
         .listen
         .or(config.listen.clone())
@@ -88,10 +88,30 @@ pub(crate) async fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitC
             .and_then(|()| std::fs::rename(&tmp, path))
             .with_context(|| format!("cannot write the address file {}", path.display()))?;
     }
-    let state = mainstay_server::AppState::new(locks, sagas, txns, postgres, events, token)
+    // The `[cdc]` connector, when configured, runs with the server and stops with it.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let cdc = crate::cdc::for_serve(&mut config, stop.clone()).await?;
+    let mut state = mainstay_server::AppState::new(locks, sagas, txns, postgres, events, token)
         .with_allowed_targets(targets)
         .with_max_wait(max_wait);
-    mainstay_server::serve(listener, state, shutdown_signal()).await?;
+    let mut cdc_task = None;
+    if let Some((observer, task)) = cdc {
+        tracing::info!(connector = %observer.status().name, "cdc connector started (GET /v1/cdc)");
+        state = state.with_cdc(vec![observer]);
+        cdc_task = Some(task);
+    }
+    let stopping = stop.clone();
+    mainstay_server::serve(listener, state, async move {
+        shutdown_signal().await;
+        stopping.cancel();
+    })
+    .await?;
+    stop.cancel();
+    if let Some(task) = cdc_task {
+        // A clean stop confirms what the sink holds; bounded, so a stuck sink cannot hold
+        // the process.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), task).await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

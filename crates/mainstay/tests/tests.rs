@@ -2,6 +2,7 @@
 
 mod cdc_crash;
 mod cdc_failover;
+mod cdc_serve;
 mod cli;
 mod common;
 mod events_crash;
