@@ -14,9 +14,15 @@
 //!   idle or fully filtered database; the slot is never dropped unless told; a slot that
 //!   vanished under a connector that streamed from it is refused, not silently recreated.
 //!
-//! Limits: at-least-once to sinks that cannot report their position (stdout); large
-//! transactions are buffered by PostgreSQL until commit (protocol 1); a primary-key change
-//! is one `u` event, not Debezium's delete + create; the snapshot state file is local.
+//! - **Resumable snapshots**: the initial snapshot records its progress per fetch; a cut
+//!   one resumes after its last key as an incremental snapshot (DBLog watermarks, also on
+//!   demand through a signal table) without reordering any key's history.
+//! - **High availability**: with [`Connector::fencing_token`] the sink, the state file and
+//!   the slot are claimed by the instance holding the highest leadership epoch.
+//!
+//! Limits: at-least-once to sinks that cannot report their position (stdout, webhook);
+//! after a crash inside a snapshot, the rows of the fetch or chunk it cut are read again;
+//! large transactions are buffered by PostgreSQL until commit (protocol 1).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 

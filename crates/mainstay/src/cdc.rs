@@ -175,7 +175,7 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     incremental_chunk_size: Option<usize>,
     /// High availability: run as one of several instances of this connector; they elect
-    /// one active on the lock backend (--backend/--backend-url or [lock]), the others stand
+    /// one active on the lock backend (--backend/--backend-url or `[lock]`), the others stand
     /// by and take over within --ha-ttl when it dies or stalls. The active instance fences
     /// the sink and the state file with its epoch (share the state file between them).
     #[arg(long)]
