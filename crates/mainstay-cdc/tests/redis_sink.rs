@@ -134,3 +134,99 @@ async fn the_cache_equals_the_source_after_writers_a_failure_and_a_truncate() {
     );
     assert!(got == want, "the cache differs from the source");
 }
+
+/// Fencing at the Redis sink: once a successor claimed it with a higher token, the
+/// deposed connector's next batch is refused whole (nothing of it lands), and so is its
+/// claim; the successor then brings the cache up to date.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_connector_is_refused_by_the_redis_sink() {
+    let redis_url = mainstay_testkit::shared_redis().url();
+    let url = database().await;
+    let db = client(&url).await;
+    db.batch_execute("CREATE TABLE items (id bigint PRIMARY KEY, qty bigint NOT NULL); INSERT INTO items VALUES (1, 1);")
+        .await
+        .unwrap();
+    let prefix = mainstay_testkit::unique("fenced");
+    let template = format!("{prefix}:{{schema}}.{{table}}:{{key}}");
+    let checkpoint = format!("{prefix}:checkpoint");
+    let sink = || RedisSink::connect(&redis_url, &template, &checkpoint);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = CdcConfig::new("fenced", &url)
+        .slot("redis_fenced")
+        .tables(vec![TableName::parse("items").unwrap()]);
+    let a = start_connector(
+        mainstay_cdc::Connector::new(config.clone(), Box::new(sink().await.unwrap()))
+            .state_file(&state)
+            .fencing_token(1),
+    );
+    wait_streaming(&url, "redis_fenced").await;
+    let redis = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let get = |conn: &mut redis::aio::MultiplexedConnection, id: i64| {
+        let mut conn = conn.clone();
+        let key = format!("{prefix}:public.items:{id}");
+        async move {
+            redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<String>>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    mainstay_testkit::eventually(
+        Duration::from_secs(30),
+        "the snapshot row in the cache",
+        || {
+            let row = get(&mut conn, 1);
+            async move { row.await.is_some() }
+        },
+    )
+    .await
+    .unwrap();
+    // The successor claims the sink; A does not know yet.
+    let mut successor = sink().await.unwrap();
+    assert!(mainstay_cdc::Sink::fence(&mut successor, 2).await.unwrap());
+    db.batch_execute("INSERT INTO items VALUES (2, 2)")
+        .await
+        .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), a.task)
+        .await
+        .expect("the deposed connector stops")
+        .unwrap();
+    match outcome {
+        Err(mainstay_cdc::CdcError::Fenced {
+            presented: 1,
+            current: 2,
+            ..
+        }) => {}
+        other => panic!("expected a fencing refusal, got {other:?}"),
+    }
+    assert_eq!(get(&mut conn, 2).await, None, "the refused batch landed");
+    let mut stale = sink().await.unwrap();
+    let err = mainstay_cdc::Sink::fence(&mut stale, 1).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            mainstay_cdc::CdcError::Fenced {
+                presented: 1,
+                current: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // The successor runs and the cache catches up.
+    let b = start_connector(
+        mainstay_cdc::Connector::new(config.drop_slot_on_stop(true), Box::new(successor))
+            .state_file(&state)
+            .fencing_token(2),
+    );
+    mainstay_testkit::eventually(Duration::from_secs(30), "row 2 from the successor", || {
+        let row = get(&mut conn, 2);
+        async move { row.await.is_some() }
+    })
+    .await
+    .unwrap();
+    b.stop().await.expect("clean stop");
+}

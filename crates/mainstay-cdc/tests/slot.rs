@@ -18,8 +18,8 @@ async fn lag(url: &str, slot: &str) -> i64 {
 
 /// Churn in `noise` (not captured) for 2 s, with or without heartbeats; returns (WAL
 /// written, the slot's lag once the churn stopped and the connector had 3 s to confirm).
-async fn churn_only_elsewhere(heartbeat: Option<Duration>, slot: &str) -> (i64, i64) {
-    let url = database().await;
+async fn churn_only_elsewhere(url: &str, heartbeat: Option<Duration>, slot: &str) -> (i64, i64) {
+    let url = url.to_string();
     let db = client(&url).await;
     db.batch_execute(
         "CREATE TABLE captured (id int PRIMARY KEY);
@@ -76,9 +76,15 @@ async fn churn_only_elsewhere(heartbeat: Option<Duration>, slot: &str) -> (i64, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_move_the_slot_while_only_uncaptured_tables_change() {
+    // A private server: WAL is cluster-wide, and other tests' writes on the shared one
+    // would count as lag here.
+    let server =
+        mainstay_testkit::PostgresServer::start_with_settings(&[]).expect("private server");
+    let on = server.database().await.unwrap();
+    let off = server.database().await.unwrap();
     let (written, with) =
-        churn_only_elsewhere(Some(Duration::from_millis(500)), "heartbeat_on").await;
-    let (written_off, without) = churn_only_elsewhere(None, "heartbeat_off").await;
+        churn_only_elsewhere(&on, Some(Duration::from_millis(500)), "heartbeat_on").await;
+    let (written_off, without) = churn_only_elsewhere(&off, None, "heartbeat_off").await;
     eprintln!(
         "uncaptured churn: {written} WAL bytes; slot lag after it with heartbeats {with} bytes; \
          without: {without} of {written_off} bytes"
@@ -166,7 +172,11 @@ async fn a_vanished_slot_is_refused_and_when_needed_snapshots_again() {
 /// heartbeats, as the short control run above shows); the samples are printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_seconds_of_uncaptured_churn_keep_retained_wal_bounded() {
-    let url = database().await;
+    // A private server: an idle database on a server nobody else writes to (WAL is
+    // cluster-wide; the shared server carries other tests' writes).
+    let server =
+        mainstay_testkit::PostgresServer::start_with_settings(&[]).expect("private server");
+    let url = mainstay_testkit::HasUrl::url(&server);
     let db = client(&url).await;
     db.batch_execute(
         "CREATE TABLE captured (id int PRIMARY KEY);

@@ -535,6 +535,17 @@ fn cdc_config(args: &Settings) -> anyhow::Result<CdcConfig> {
 async fn run_connector(args: Settings, server: &crate::config::Config) -> anyhow::Result<ExitCode> {
     let config = cdc_config(&args)?;
     let env = Env::new(&args, server).await?;
+    // On a terminal, a progress bar per table while the snapshot reads it.
+    let observer = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        .then(|| Observer::new(&args.name, &args.slot, &args.sink));
+    if let Some(o) = &observer {
+        tokio::spawn(progress(
+            o.clone(),
+            args.source.clone(),
+            args.publication.clone(),
+            args.tables.clone(),
+        ));
+    }
     let stop = tokio_util::sync::CancellationToken::new();
     {
         let stop = stop.clone();
@@ -543,7 +554,107 @@ async fn run_connector(args: Settings, server: &crate::config::Config) -> anyhow
             stop.cancel();
         });
     }
-    drive(&args, config, &env, None, stop).await
+    drive(&args, config, &env, observer, stop).await
+}
+
+/// Draws a bar per snapshot table (rows read of the table's estimated rows) until the
+/// snapshot ends.
+async fn progress(
+    observer: Arc<Observer>,
+    source: String,
+    publication: String,
+    tables: Vec<String>,
+) {
+    use mainstay_cdc::Phase;
+    // Wait for the snapshot to begin (a connector with nothing to read never draws).
+    loop {
+        match observer.status().phase {
+            Phase::Snapshot => break,
+            Phase::Starting | Phase::Reconnecting | Phase::Standby => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            _ => return,
+        }
+    }
+    let estimates = match estimate_rows(&source, &publication, &tables).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::debug!("no snapshot progress: {e}");
+            return;
+        }
+    };
+    let multi = indicatif::MultiProgress::new();
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix:>28} [{bar:32}] {pos}/{len} rows  {per_sec}  {eta}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let bars: Vec<(String, indicatif::ProgressBar)> = estimates
+        .into_iter()
+        .map(|(table, rows)| {
+            let bar = multi.add(indicatif::ProgressBar::new(rows.max(1)));
+            bar.set_style(style.clone());
+            bar.set_prefix(table.clone());
+            (table, bar)
+        })
+        .collect();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        let status = observer.status();
+        for (table, bar) in &bars {
+            let read = status.delivered_by_table.get(table).copied().unwrap_or(0);
+            if read > bar.length().unwrap_or(0) {
+                bar.set_length(read);
+            }
+            bar.set_position(read);
+        }
+        if status.phase != Phase::Snapshot {
+            for (_, bar) in &bars {
+                bar.finish();
+            }
+            return;
+        }
+    }
+}
+
+/// The snapshot's tables with the planner's row estimates.
+async fn estimate_rows(
+    source: &str,
+    publication: &str,
+    tables: &[String],
+) -> anyhow::Result<Vec<(String, u64)>> {
+    let (client, connection) = tokio_postgres::connect(source, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let names: Vec<String> = if tables.is_empty() {
+        client
+            .query(
+                "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1",
+                &[&publication],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    } else {
+        tables
+            .iter()
+            .map(|t| TableName::parse(t).map(|t| t.to_string()))
+            .collect::<Result<_, _>>()?
+    };
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let rows: Option<f32> = client
+            .query_opt(
+                "SELECT c.reltuples FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname || '.' || c.relname = $1",
+                &[&name],
+            )
+            .await?
+            .map(|r| r.get(0));
+        out.push((name, rows.unwrap_or(0.0).max(0.0) as u64));
+    }
+    Ok(out)
 }
 
 /// Runs the connector (or, with --ha, one instance of it) until `stop`.
