@@ -16,6 +16,8 @@ command -v nats-server >/dev/null || missing+=(nats-server)
 command -v java >/dev/null || missing+=(default-jre-headless)
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
+# The CDC TLS test makes its certificates with the openssl CLI.
+command -v openssl >/dev/null || missing+=(openssl)
 # schemathesis (PyPI) fuzzes the HTTP API from its generated OpenAPI document.
 if ! command -v st >/dev/null || [ "$(st --version 2>/dev/null | awk '{print $NF}')" != "4.32.5" ]; then
   echo "installing: schemathesis 4.32.5 (PyPI)"

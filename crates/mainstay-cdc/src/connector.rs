@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
 
 use crate::config::{CdcConfig, SnapshotMode};
 use crate::error::CdcError;
@@ -428,7 +428,7 @@ async fn attempt(
         config.publication.clone(),
     )
     .with_port(endpoint.port)
-    .with_tls(TlsConfig::disabled())
+    .with_tls(endpoint.tls.replication(&endpoint.host))
     .with_options(SESSION_OPTIONS)
     .with_status_interval(config.status_interval)
     .with_wakeup_interval(Duration::from_secs(5))

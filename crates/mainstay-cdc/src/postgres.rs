@@ -9,11 +9,12 @@
 pub(crate) mod incremental;
 pub(crate) mod snapshot;
 pub(crate) mod stream;
+pub(crate) mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::config::{CdcConfig, PublicationAutocreate, TableName};
 use crate::error::CdcError;
@@ -28,10 +29,13 @@ pub(crate) struct Endpoint {
     pub(crate) password: String,
     pub(crate) database: String,
     pub(crate) url: String,
+    pub(crate) tls: tls::Tls,
 }
 
 impl Endpoint {
     pub(crate) fn parse(url: &str) -> Result<Endpoint, CdcError> {
+        let (url, tls) = tls::Tls::split(url)?;
+        let url = url.as_str();
         let config: tokio_postgres::Config = url.parse().map_err(|e| {
             CdcError::Config(format!(
                 "source URL {}: {e}",
@@ -64,6 +68,7 @@ impl Endpoint {
             password,
             database,
             url: url.to_string(),
+            tls,
         })
     }
 
@@ -87,18 +92,21 @@ impl Endpoint {
             .map_err(|e| CdcError::Config(format!("source URL: {e}")))?;
         config.options(SESSION_OPTIONS);
         config.application_name("mainstay-cdc");
+        config.ssl_mode(self.tls.postgres_mode());
         let address = self.address();
+        let tls = self.tls.connector()?;
         let (client, connection) = mainstay_core::connect::with_retry(
             "postgresql",
             &address,
-            |e: &tokio_postgres::Error| e.as_db_error().is_none(),
-            |_| config.connect(NoTls),
+            // A certificate the client refuses is not going to change: fail at once.
+            |e: &tokio_postgres::Error| e.as_db_error().is_none() && !tls::refused(e),
+            |_| config.connect(tls.clone()),
         )
         .await
         .map_err(|e| match e {
             // The server's refusal (wrong password, unknown database) names the fix itself.
             mainstay_core::connect::ConnectError::Refused { error, .. } => {
-                self.error(db_message(&error))
+                self.error(tls::describe(&error))
             }
             deadline => CdcError::Source {
                 address: address.clone(),

@@ -18,5 +18,6 @@ mod redis_sink;
 mod restart;
 mod setup;
 mod slot;
+mod tls;
 #[cfg(feature = "webhook")]
 mod webhook;

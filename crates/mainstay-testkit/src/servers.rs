@@ -320,6 +320,8 @@ pub struct PostgresServer {
     port: u16,
     durable: bool,
     settings: Vec<String>,
+    /// The certificate and key of a TLS server (kept while it runs).
+    tls_dir: Option<TempDir>,
 }
 
 impl PostgresServer {
@@ -333,6 +335,36 @@ impl PostgresServer {
     /// win): e.g. `wal_level=replica` for a server that cannot decode logically.
     pub fn start_with_settings(settings: &[&str]) -> anyhow::Result<Self> {
         Self::start_with(false, settings)
+    }
+
+    /// Like [`Self::start`] with TLS on (`ssl=on`), serving this certificate chain and key
+    /// (PEM files, copied next to the data directory and made the server's, mode 0600).
+    /// Plain connections are still accepted (pg_hba trusts both).
+    pub fn start_with_tls(cert_pem: &Path, key_pem: &Path) -> anyhow::Result<Self> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::Builder::new()
+            .prefix("mainstay-pg-tls")
+            .tempdir()?;
+        let cert = dir.path().join("server.crt");
+        let key = dir.path().join("server.key");
+        std::fs::copy(cert_pem, &cert)?;
+        std::fs::copy(key_pem, &key)?;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        if let Some((uid, gid)) = postgres_ids() {
+            for path in [&cert, &key] {
+                nix::unistd::chown(path, Some(uid.into()), Some(gid.into()))?;
+            }
+        }
+        let settings = [
+            "ssl=on".to_string(),
+            format!("ssl_cert_file={}", cert.display()),
+            format!("ssl_key_file={}", key.display()),
+        ];
+        let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+        let mut server = Self::start_with(false, &settings)?;
+        server.tls_dir = Some(dir);
+        Ok(server)
     }
 
     /// Like [`Self::start`] but with `fsync=on`: commits cost what they cost in
@@ -371,6 +403,7 @@ impl PostgresServer {
             port,
             durable,
             settings,
+            tls_dir: None,
         })
     }
 

@@ -24,7 +24,7 @@
 use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::Sink;
 use crate::error::CdcError;
@@ -99,20 +99,27 @@ impl PostgresSink {
             ));
         }
         let address = mainstay_core::connect::redact(url);
-        let config: tokio_postgres::Config = url
+        // The same sslmode / sslrootcert handling as the source's.
+        let (clean, tls) = crate::postgres::tls::Tls::split(url)?;
+        let mut config: tokio_postgres::Config = clean
             .parse()
             .map_err(|e| CdcError::Config(format!("PostgreSQL sink URL {address}: {e}")))?;
+        config.ssl_mode(tls.postgres_mode());
+        let tls_connector = tls.connector()?;
         let (client, connection) = mainstay_core::connect::with_retry(
             "postgresql",
             &address,
-            |e: &tokio_postgres::Error| e.as_db_error().is_none(),
-            |_| config.connect(NoTls),
+            |e: &tokio_postgres::Error| {
+                e.as_db_error().is_none() && !crate::postgres::tls::refused(e)
+            },
+            |_| config.connect(tls_connector.clone()),
         )
         .await
         .map_err(|e| match e {
-            mainstay_core::connect::ConnectError::Refused { error, .. } => {
-                sink_err(format!("{address}: {}", db_message(&error)))
-            }
+            mainstay_core::connect::ConnectError::Refused { error, .. } => sink_err(format!(
+                "{address}: {}",
+                crate::postgres::tls::describe(&error)
+            )),
             deadline => sink_err(format!("{address}: {deadline}")),
         })?;
         tokio::spawn(async move {
